@@ -1,0 +1,222 @@
+"""Explainer benchmark on CPU: Grad-CAM cost against a plain forward + backward,
+against pytorch-grad-cam and captum, and the full Explain RPC against compute alone.
+
+    python benchmarks/explainer_bench.py [--reps N] [--mnist-dir DIR]
+
+All contenders of one table run back to back within each repetition (in rotating
+order), so that load drifting on a noisy machine hits them alike; medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+
+from fedxai.models import ARCHITECTURES
+from fedxai.settings import ExplainerSettings
+from fedxai.storage import LocalStore
+from fedxai.tensors import encode_state_dict, tensor_to_proto
+from fedxai.v1 import explainer_pb2 as pb
+from fedxai.v1 import explainer_pb2_grpc as pb_grpc
+from services.explainer.cam import normalise, upsample
+from services.explainer.cam.grad_cam import GradCAM
+from services.explainer.server import create_server
+
+ARCH = ARCHITECTURES["mnist_cnn"]
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BATCHES = {1: (5, 30), 64: (5, 25), 256: (2, 8)}  # batch: (warm-up reps, timed reps) at --reps 1
+MESSAGE_LIMIT = 64 << 20
+
+
+def out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file: 2 zero bytes, a type byte (0x08 = uint8), ndim, big-endian uint32 dims, data."""
+    data = gzip.decompress(path.read_bytes())
+    ndim = data[3]
+    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_samples(mnist_dir: Path, count: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(count, 1, 28, 28) uint8 pixels and int64 labels: MNIST test set, else random."""
+    images, labels = mnist_dir / "t10k-images-idx3-ubyte.gz", mnist_dir / "t10k-labels-idx1-ubyte.gz"
+    if images.is_file() and labels.is_file():
+        pixels = read_idx(images)[:count, None].copy()
+        return pixels, read_idx(labels)[:count].astype(np.int64), f"MNIST test set ({mnist_dir})"
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, size=(count, 1, 28, 28), dtype=np.uint8)
+    return pixels, np.arange(count, dtype=np.int64) % ARCH.num_classes, "random pixels (no MNIST found)"
+
+
+def normalised(pixels: np.ndarray) -> torch.Tensor:
+    """As the server prepares a uint8 tensor: scaled to [0, 1], then standardised."""
+    x = torch.from_numpy(pixels.astype(np.float32) / 255.0)
+    return (x - ARCH.mean[0]) / ARCH.std[0]
+
+
+def time_ms(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000.0
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, float]:
+    """Median milliseconds per contender, all of them timed within each repetition."""
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for rep in range(warmup + reps):
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            elapsed = time_ms(contenders[name])
+            if rep >= warmup:
+                times[name].append(elapsed)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def floor_step(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> None:
+    """The least any gradient-based explanation needs: one forward, one training-like backward."""
+    model.zero_grad(set_to_none=True)
+    model(x).gather(1, labels[:, None]).sum().backward()
+
+
+def ours_step(cam: GradCAM, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Maps as the server draws them: at the input size, each scaled into [0, 1]."""
+    return normalise(upsample(cam.compute(x, labels).maps, ARCH.input_shape[1:]))
+
+
+def third_party(model: torch.nn.Module) -> tuple[dict[str, Callable], list[str]]:
+    """Step functions (x, labels) -> maps for the libraries that import, and notes on those that don't."""
+    steps: dict[str, Callable] = {}
+    notes = []
+    try:
+        from pytorch_grad_cam import GradCAM as PgcGradCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError as error:
+        notes.append(f"pytorch-grad-cam skipped: {error}")
+    else:
+        pgc_model = copy.deepcopy(model)
+        pgc = PgcGradCAM(model=pgc_model, target_layers=[pgc_model.conv2])
+        steps["pytorch-grad-cam"] = lambda x, labels: pgc(
+            input_tensor=x, targets=[ClassifierOutputTarget(int(label)) for label in labels]
+        )
+    try:
+        from captum.attr import LayerAttribution, LayerGradCam
+    except ImportError as error:
+        notes.append(f"captum skipped: {error}")
+    else:
+        captum_model = copy.deepcopy(model)
+        captum_cam = LayerGradCam(captum_model, captum_model.conv2)
+        steps["captum"] = lambda x, labels: LayerAttribution.interpolate(
+            captum_cam.attribute(x, target=labels, relu_attributions=True),
+            ARCH.input_shape[1:],
+            "bilinear",
+        )
+    return steps, notes
+
+
+def bench_compute(model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray, scale: float) -> None:
+    cam = GradCAM(copy.deepcopy(model), "")
+    others, notes = third_party(model)
+    for note in notes:
+        out(note)
+    headers = ["ours", *others]
+    widths = [max(len(name) + len(" ms (ratio)"), 22) for name in headers]
+    cells = [f"{name + ' ms (ratio)':>{width}}" for name, width in zip(headers, widths, strict=True)]
+    out(" | ".join([f"{'batch':>5}", f"{'floor ms':>9}", *cells]))
+    for batch, (warmup, reps) in BATCHES.items():
+        x, y = normalised(pixels[:batch]), torch.from_numpy(labels[:batch])
+        steps = {
+            "floor": lambda x=x, y=y: floor_step(model, x, y),
+            "ours": lambda x=x, y=y: ours_step(cam, x, y),
+            **{name: lambda fn=fn, x=x, y=y: fn(x, y) for name, fn in others.items()},
+        }
+        medians = interleaved(steps, warmup, max(3, round(reps * scale)))
+        floor = medians["floor"]
+        cells = [
+            f"{f'{medians[name]:.2f} ({medians[name] / floor:.2f}x)':>{width}}"
+            for name, width in zip(headers, widths, strict=True)
+        ]
+        out(" | ".join([f"{batch:>5}", f"{floor:>9.2f}", *cells]))
+    out("target: ours <= 1.2x floor at batch 64")
+
+
+def bench_rpc(model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray, scale: float) -> None:
+    batch = 64
+    classes = sorted(set(labels[:batch].tolist()))
+    out(f"request: {batch} samples, {len(classes)} classes present ({classes})")
+    request = pb.ExplainRequest(
+        task_id="bench",
+        round=1,
+        client_id="client-0",
+        inline_model=pb.InlineModel(
+            architecture=ARCH.name,
+            safetensors=encode_state_dict(model.state_dict(), {"architecture": ARCH.name}),
+        ),
+        tensor=tensor_to_proto(pixels[:batch]),
+        labels=labels[:batch].tolist(),
+        store=True,
+    )
+    cam = GradCAM(copy.deepcopy(model), "")
+    x, y = normalised(pixels[:batch]), torch.from_numpy(labels[:batch])
+    with tempfile.TemporaryDirectory() as tmpdir:
+        running = create_server(ExplainerSettings(address="127.0.0.1:0"), LocalStore(tmpdir))
+        options = [
+            ("grpc.max_send_message_length", MESSAGE_LIMIT),
+            ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+        ]
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{running.port}", options=options) as channel:
+                stub = pb_grpc.ExplainerStub(channel)
+                response = stub.Explain(request, timeout=60)
+                images, samples = len(response.images), len(response.samples)
+                out(f"response: {images} images for {len(classes)} classes, {samples} samples")
+                medians = interleaved(
+                    {
+                        "rpc": lambda: stub.Explain(request, timeout=60),
+                        "compute": lambda: ours_step(cam, x, y),
+                    },
+                    warmup=3,
+                    reps=max(3, round(20 * scale)),
+                )
+        finally:
+            running.stop(grace=1.0)
+    rpc, compute = medians["rpc"], medians["compute"]
+    out(f"Explain RPC {rpc:.2f} ms | compute alone {compute:.2f} ms | ratio {rpc / compute:.2f}x")
+    out("target: RPC <= 1.5x compute alone")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=float, default=1.0, help="scale the number of timed repetitions")
+    parser.add_argument("--mnist-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "mnist")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = ARCH.factory().eval()  # eval for every contender: dropout off, as when explaining
+    pixels, labels, source = load_samples(args.mnist_dir, max(BATCHES))
+    threads, cpus, load = torch.get_num_threads(), os.cpu_count(), os.getloadavg()[0]
+    out(f"torch {torch.__version__}, {threads} threads, {cpus} CPUs, load {load:.2f}; inputs: {source}")
+    # torch's threads wait on each other at every op: a busy core can slow small batches many-fold.
+    out("times are medians of interleaved repetitions; compare ratios, absolute ms depend on machine load")
+    out()
+    bench_compute(model, pixels, labels, args.reps)
+    out()
+    bench_rpc(model, pixels, labels, args.reps)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Typed settings, built once at start-up from the environment and flags.
+
+Nothing else in the code base reads ``os.environ``: entry points call
+``StorageSettings.from_env`` and pass the result down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_BUCKET = "fedxai"
+DEFAULT_OUTPUT_DIR = "outputs"
+DEFAULT_EXPLAINER_ADDRESS = "127.0.0.1:50051"
+MIB = 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting is missing or has a bad value; the message names it."""
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def parse_positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value <= 0:
+        raise SettingsError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def parse_address(name: str, raw: str) -> tuple[str, int]:
+    """Splits HOST:PORT (IPv6 hosts in brackets) and checks the port."""
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host:
+        raise SettingsError(f"{name}={raw!r} is not HOST:PORT")
+    try:
+        port_number = int(port)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} has a non-numeric port") from None
+    if not 0 <= port_number <= 65535:
+        raise SettingsError(f"{name}={raw!r} has a port out of range")
+    return host, port_number
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint: str
+    access_key: str
+    secret_key: str
+    bucket: str = DEFAULT_BUCKET
+    secure: bool = False
+    region: str = "us-east-1"
+    # The endpoint people reach, used to sign URLs (e.g. localhost:9000 when
+    # the services talk to minio:9000 inside a compose network).
+    public_endpoint: str = ""
+
+    def __repr__(self) -> str:  # keeps the secret out of logs
+        return (
+            f"S3Settings(endpoint={self.endpoint!r}, bucket={self.bucket!r}, "
+            f"secure={self.secure}, region={self.region!r}, "
+            f"public_endpoint={self.public_endpoint!r})"
+        )
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where explanations go: S3/MinIO when an endpoint is set, else a folder."""
+
+    s3: S3Settings | None = None
+    output_dir: Path = Path(DEFAULT_OUTPUT_DIR)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> StorageSettings:
+        endpoint = env.get("FEDXAI_S3_ENDPOINT", "").strip()
+        if not endpoint:
+            return cls(output_dir=Path(env.get("FEDXAI_OUTPUT_DIR") or DEFAULT_OUTPUT_DIR))
+        if "://" in endpoint:
+            raise SettingsError(
+                f"FEDXAI_S3_ENDPOINT={endpoint!r} must be HOST:PORT without a scheme "
+                "(set FEDXAI_S3_SECURE=true for https)"
+            )
+        missing = [k for k in ("FEDXAI_S3_ACCESS_KEY", "FEDXAI_S3_SECRET_KEY") if not env.get(k)]
+        if missing:
+            raise SettingsError(f"FEDXAI_S3_ENDPOINT is set but {', '.join(missing)} is not")
+        bucket = env.get("FEDXAI_S3_BUCKET") or DEFAULT_BUCKET
+        if not 3 <= len(bucket) <= 63:
+            raise SettingsError(f"FEDXAI_S3_BUCKET={bucket!r} must be 3 to 63 characters")
+        return cls(
+            s3=S3Settings(
+                endpoint=endpoint,
+                access_key=env["FEDXAI_S3_ACCESS_KEY"],
+                secret_key=env["FEDXAI_S3_SECRET_KEY"],
+                bucket=bucket,
+                secure=_parse_bool("FEDXAI_S3_SECURE", env.get("FEDXAI_S3_SECURE", "false")),
+                region=env.get("FEDXAI_S3_REGION") or "us-east-1",
+                public_endpoint=env.get("FEDXAI_S3_PUBLIC_ENDPOINT", "").strip(),
+            )
+        )
+
+
+@dataclass(frozen=True)
+class ExplainerSettings:
+    address: str = DEFAULT_EXPLAINER_ADDRESS
+    max_message_bytes: int = 64 * MIB
+    max_batch_size: int = 1024
+    workers: int = 4
+    grace_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        parse_address("--address", self.address)
+        for name in ("max_message_bytes", "max_batch_size", "workers"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")

@@ -1,0 +1,51 @@
+"""The object store interface: a local folder and S3/MinIO implement it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class ObjectStore(ABC):
+    """Flat keys with '/' separators; see ``fedxai.storage.layout``.
+
+    Implementations raise ``fedxai.errors.ObjectNotFound`` for a missing key and
+    other ``fedxai.errors.StoreError`` subclasses for failures of the store.
+    """
+
+    kind: str
+
+    @abstractmethod
+    def check(self) -> None:
+        """Verifies the store is usable (creating the bucket or folder if missing)."""
+
+    @abstractmethod
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Writes the object whole; readers never see a partial object."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        """All objects whose key starts with ``prefix``, sorted by key."""
+
+    @abstractmethod
+    def url(self, key: str) -> str:
+        """A URL a person can GET the object from, or "" when there is none."""

@@ -1,0 +1,137 @@
+"""Objects in S3/MinIO through the ``minio`` SDK."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import timedelta
+
+import urllib3
+from minio import Minio
+from minio.error import MinioException, S3Error
+
+from fedxai.errors import ObjectNotFound, StoreError, StoreMisconfigured, StoreUnavailable
+from fedxai.settings import S3Settings
+from fedxai.storage.base import ObjectInfo, ObjectStore
+from fedxai.storage.layout import validate_key
+
+_REFUSED = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "NoSuchBucket",
+    "AllAccessDisabled",
+    "AccountProblem",
+}
+_NOT_FOUND = {"NoSuchKey", "ResourceNotFound"}
+
+
+class S3Store(ObjectStore):
+    kind = "s3"
+
+    def __init__(self, settings: S3Settings, url_expiry: timedelta = timedelta(days=7)) -> None:
+        self.settings = settings
+        self.bucket = settings.bucket
+        self.url_expiry = url_expiry
+        # Fail within seconds rather than minutes when the server is down; the
+        # trainers queue what could not be delivered.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=5, read=60),
+            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+            maxsize=16,
+        )
+        self.client = Minio(
+            settings.endpoint,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
+            secure=settings.secure,
+            region=settings.region,
+            http_client=http,
+        )
+        # Signing a URL is local computation; this client never sends a request.
+        self.signer = Minio(
+            settings.public_endpoint or settings.endpoint,
+            access_key=settings.access_key,
+            secret_key=settings.secret_key,
+            secure=settings.secure,
+            region=settings.region,
+        )
+
+    @contextmanager
+    def _translated(self, action: str, key: str = "") -> Iterator[None]:
+        where = f"s3://{self.bucket}/{key}" if key else f"bucket {self.bucket!r}"
+        try:
+            yield
+        except S3Error as error:
+            if error.code in _NOT_FOUND:
+                raise ObjectNotFound(key) from None
+            if error.code in _REFUSED:
+                raise StoreMisconfigured(
+                    f"{self.settings.endpoint} refused to {action} {where} ({error.code}: "
+                    f"{error.message}); check FEDXAI_S3_ACCESS_KEY, FEDXAI_S3_SECRET_KEY "
+                    "and FEDXAI_S3_BUCKET"
+                ) from None
+            raise StoreError(f"{action} {where} failed: {error.code}: {error.message}") from None
+        except urllib3.exceptions.HTTPError as error:
+            raise StoreUnavailable(
+                f"cannot reach S3 at {self.settings.endpoint} to {action} {where}: {error}"
+            ) from None
+        except MinioException as error:
+            raise StoreUnavailable(f"{action} {where} failed: {error}") from None
+
+    def check(self) -> None:
+        with self._translated("check"):
+            if not self.client.bucket_exists(bucket_name=self.bucket):
+                self.client.make_bucket(bucket_name=self.bucket)
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        validate_key("key", key)
+        with self._translated("write", key):
+            self.client.put_object(
+                bucket_name=self.bucket,
+                object_name=key,
+                data=io.BytesIO(data),
+                length=len(data),
+                content_type=content_type,
+                metadata=dict(metadata or {}),
+            )
+
+    def get(self, key: str) -> bytes:
+        validate_key("key", key)
+        with self._translated("read", key):
+            response = self.client.get_object(bucket_name=self.bucket, object_name=key)
+            try:
+                return response.read()
+            finally:
+                response.close()
+                response.release_conn()
+
+    def exists(self, key: str) -> bool:
+        validate_key("key", key)
+        try:
+            with self._translated("stat", key):
+                self.client.stat_object(bucket_name=self.bucket, object_name=key)
+        except ObjectNotFound:
+            return False
+        return True
+
+    def list(self, prefix: str = "") -> list[ObjectInfo]:
+        with self._translated("list", prefix):
+            objects = self.client.list_objects(bucket_name=self.bucket, prefix=prefix or None, recursive=True)
+            return sorted(
+                (ObjectInfo(obj.object_name, obj.size or 0) for obj in objects if obj.object_name),
+                key=lambda info: info.key,
+            )
+
+    def url(self, key: str) -> str:
+        validate_key("key", key)
+        return self.signer.presigned_get_object(
+            bucket_name=self.bucket, object_name=key, expires=self.url_expiry
+        )

@@ -1,0 +1,259 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CamMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CAM_METHOD_UNSPECIFIED: _ClassVar[CamMethod]
+    CAM_METHOD_GRAD_CAM: _ClassVar[CamMethod]
+    CAM_METHOD_GRAD_CAM_PLUS_PLUS: _ClassVar[CamMethod]
+    CAM_METHOD_HIRES_CAM: _ClassVar[CamMethod]
+    CAM_METHOD_XGRAD_CAM: _ClassVar[CamMethod]
+    CAM_METHOD_LAYER_CAM: _ClassVar[CamMethod]
+
+class TargetClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TARGET_CLASS_UNSPECIFIED: _ClassVar[TargetClass]
+    TARGET_CLASS_TRUE_LABEL: _ClassVar[TargetClass]
+    TARGET_CLASS_PREDICTED: _ClassVar[TargetClass]
+
+class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DTYPE_UNSPECIFIED: _ClassVar[DType]
+    DTYPE_FLOAT32: _ClassVar[DType]
+    DTYPE_UINT8: _ClassVar[DType]
+CAM_METHOD_UNSPECIFIED: CamMethod
+CAM_METHOD_GRAD_CAM: CamMethod
+CAM_METHOD_GRAD_CAM_PLUS_PLUS: CamMethod
+CAM_METHOD_HIRES_CAM: CamMethod
+CAM_METHOD_XGRAD_CAM: CamMethod
+CAM_METHOD_LAYER_CAM: CamMethod
+TARGET_CLASS_UNSPECIFIED: TargetClass
+TARGET_CLASS_TRUE_LABEL: TargetClass
+TARGET_CLASS_PREDICTED: TargetClass
+DTYPE_UNSPECIFIED: DType
+DTYPE_FLOAT32: DType
+DTYPE_UINT8: DType
+
+class InlineModel(_message.Message):
+    __slots__ = ("architecture", "safetensors")
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    SAFETENSORS_FIELD_NUMBER: _ClassVar[int]
+    architecture: str
+    safetensors: bytes
+    def __init__(self, architecture: _Optional[str] = ..., safetensors: _Optional[bytes] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("key", "architecture")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    architecture: str
+    def __init__(self, key: _Optional[str] = ..., architecture: _Optional[str] = ...) -> None: ...
+
+class Tensor(_message.Message):
+    __slots__ = ("shape", "dtype", "data")
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    dtype: DType
+    data: bytes
+    def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class EncodedImages(_message.Message):
+    __slots__ = ("images",)
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, images: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class Normalization(_message.Message):
+    __slots__ = ("mean", "std")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("task_id", "round", "client_id", "inline_model", "model_ref", "tensor", "images", "labels", "normalization", "method", "target_layer", "target", "store")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    INLINE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REF_FIELD_NUMBER: _ClassVar[int]
+    TENSOR_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZATION_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_LAYER_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    STORE_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    round: int
+    client_id: str
+    inline_model: InlineModel
+    model_ref: ModelRef
+    tensor: Tensor
+    images: EncodedImages
+    labels: _containers.RepeatedScalarFieldContainer[int]
+    normalization: Normalization
+    method: CamMethod
+    target_layer: str
+    target: TargetClass
+    store: bool
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., inline_model: _Optional[_Union[InlineModel, _Mapping]] = ..., model_ref: _Optional[_Union[ModelRef, _Mapping]] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., target_layer: _Optional[str] = ..., target: _Optional[_Union[TargetClass, str]] = ..., store: _Optional[bool] = ...) -> None: ...
+
+class SampleExplanation(_message.Message):
+    __slots__ = ("index", "true_label", "predicted_class", "probability", "explained_class", "cam_max", "cam_mean", "degenerate", "cam_height", "cam_width", "cam")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TRUE_LABEL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    EXPLAINED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    CAM_MAX_FIELD_NUMBER: _ClassVar[int]
+    CAM_MEAN_FIELD_NUMBER: _ClassVar[int]
+    DEGENERATE_FIELD_NUMBER: _ClassVar[int]
+    CAM_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    CAM_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    CAM_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    true_label: int
+    predicted_class: int
+    probability: float
+    explained_class: int
+    cam_max: float
+    cam_mean: float
+    degenerate: bool
+    cam_height: int
+    cam_width: int
+    cam: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, index: _Optional[int] = ..., true_label: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., explained_class: _Optional[int] = ..., cam_max: _Optional[float] = ..., cam_mean: _Optional[float] = ..., degenerate: _Optional[bool] = ..., cam_height: _Optional[int] = ..., cam_width: _Optional[int] = ..., cam: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ClassImage(_message.Message):
+    __slots__ = ("label", "sample_index", "predicted_class", "probability", "key", "url", "jpeg")
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    JPEG_FIELD_NUMBER: _ClassVar[int]
+    label: int
+    sample_index: int
+    predicted_class: int
+    probability: float
+    key: str
+    url: str
+    jpeg: bytes
+    def __init__(self, label: _Optional[int] = ..., sample_index: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., key: _Optional[str] = ..., url: _Optional[str] = ..., jpeg: _Optional[bytes] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("samples", "images", "manifest_key", "method", "target_layer", "model_sha256")
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_KEY_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_LAYER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    samples: _containers.RepeatedCompositeFieldContainer[SampleExplanation]
+    images: _containers.RepeatedCompositeFieldContainer[ClassImage]
+    manifest_key: str
+    method: str
+    target_layer: str
+    model_sha256: str
+    def __init__(self, samples: _Optional[_Iterable[_Union[SampleExplanation, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[ClassImage, _Mapping]]] = ..., manifest_key: _Optional[str] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ...) -> None: ...
+
+class ListExplanationsRequest(_message.Message):
+    __slots__ = ("task_id", "round", "client_id")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    round: int
+    client_id: str
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class StoredExplanation(_message.Message):
+    __slots__ = ("key", "url", "task_id", "round", "client_id", "label", "predicted_class", "probability", "method", "target_layer", "model_sha256", "cam_max", "cam_mean", "degenerate", "created_at")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_LAYER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CAM_MAX_FIELD_NUMBER: _ClassVar[int]
+    CAM_MEAN_FIELD_NUMBER: _ClassVar[int]
+    DEGENERATE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    url: str
+    task_id: str
+    round: int
+    client_id: str
+    label: int
+    predicted_class: int
+    probability: float
+    method: str
+    target_layer: str
+    model_sha256: str
+    cam_max: float
+    cam_mean: float
+    degenerate: bool
+    created_at: str
+    def __init__(self, key: _Optional[str] = ..., url: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., label: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ..., cam_max: _Optional[float] = ..., cam_mean: _Optional[float] = ..., degenerate: _Optional[bool] = ..., created_at: _Optional[str] = ...) -> None: ...
+
+class ListExplanationsResponse(_message.Message):
+    __slots__ = ("explanations",)
+    EXPLANATIONS_FIELD_NUMBER: _ClassVar[int]
+    explanations: _containers.RepeatedCompositeFieldContainer[StoredExplanation]
+    def __init__(self, explanations: _Optional[_Iterable[_Union[StoredExplanation, _Mapping]]] = ...) -> None: ...
+
+class GetInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Architecture(_message.Message):
+    __slots__ = ("name", "input_shape", "num_classes", "default_target_layer", "conv_layers", "default_mean", "default_std")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TARGET_LAYER_FIELD_NUMBER: _ClassVar[int]
+    CONV_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MEAN_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_STD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    num_classes: int
+    default_target_layer: str
+    conv_layers: _containers.RepeatedScalarFieldContainer[str]
+    default_mean: _containers.RepeatedScalarFieldContainer[float]
+    default_std: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., default_target_layer: _Optional[str] = ..., conv_layers: _Optional[_Iterable[str]] = ..., default_mean: _Optional[_Iterable[float]] = ..., default_std: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class GetInfoResponse(_message.Message):
+    __slots__ = ("version", "methods", "architectures", "max_message_bytes", "max_batch_size", "storage")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    methods: _containers.RepeatedScalarFieldContainer[str]
+    architectures: _containers.RepeatedCompositeFieldContainer[Architecture]
+    max_message_bytes: int
+    max_batch_size: int
+    storage: str
+    def __init__(self, version: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., architectures: _Optional[_Iterable[_Union[Architecture, _Mapping]]] = ..., max_message_bytes: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., storage: _Optional[str] = ...) -> None: ...

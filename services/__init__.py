@@ -1,0 +1,1 @@
+"""The FedXAI services: explainer, trainer and aggregator."""

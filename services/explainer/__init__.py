@@ -1,0 +1,1 @@
+"""The Explainer gRPC service: class activation maps, rendered and stored."""

@@ -1,0 +1,228 @@
+"""The explainer's work, free of gRPC: compute maps, pick and draw one sample per
+class, store images and manifests, and read them back for listing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import torch
+
+from fedxai import __version__
+from fedxai.models import ARCHITECTURES
+from fedxai.storage import ObjectStore
+from fedxai.storage.layout import (
+    MANIFEST_NAME,
+    class_image_key,
+    client_prefix,
+    manifest_key,
+    parse_round_dir,
+    round_prefix,
+    validate_id,
+)
+from fedxai.v1 import explainer_pb2 as pb
+from services.explainer.cam import METHODS, normalise, upsample
+from services.explainer.cam.base import EPS
+from services.explainer.inputs import ExplainJob, parse_explain_request
+from services.explainer.render import encode_jpeg, render_explanation
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int
+    max_batch_size: int
+
+
+def pick_samples_per_class(
+    labels: np.ndarray, predicted: np.ndarray, probability: np.ndarray
+) -> dict[int, int]:
+    """For each class in ``labels``: its most confident correctly classified
+    sample, else its first sample."""
+    picks = {}
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        correct = members[predicted[members] == label]
+        picks[int(label)] = int(correct[np.argmax(probability[correct])] if len(correct) else members[0])
+    return picks
+
+
+class ExplanationService:
+    def __init__(self, store: ObjectStore, limits: Limits) -> None:
+        self.store = store
+        self.limits = limits
+
+    def explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
+        job = parse_explain_request(request, self.store, self.limits.max_batch_size)
+        cam = job.method(job.model, job.target_layer)
+        result = cam.compute(job.normalised_inputs(), None if job.explain_predicted else job.labels)
+
+        probabilities = torch.softmax(result.logits, dim=1)
+        confidence, predicted = probabilities.max(dim=1)
+        peaks = result.maps.amax(dim=(1, 2))
+        heat = normalise(upsample(result.maps, (job.pixels.shape[2], job.pixels.shape[3])))
+
+        response = pb.ExplainResponse(
+            method=cam.name, target_layer=cam.layer_name, model_sha256=job.model_sha256
+        )
+        maps = result.maps.numpy()
+        for i in range(len(job.labels)):
+            response.samples.add(
+                index=i,
+                true_label=int(job.labels[i]),
+                predicted_class=int(predicted[i]),
+                probability=float(confidence[i]),
+                explained_class=int(result.classes[i]),
+                cam_max=float(peaks[i]),
+                cam_mean=float(maps[i].mean()),
+                degenerate=bool(peaks[i] <= EPS),
+                cam_height=maps.shape[1],
+                cam_width=maps.shape[2],
+                cam=maps[i].ravel().tolist(),
+            )
+
+        picks = pick_samples_per_class(job.labels.numpy(), predicted.numpy(), confidence.numpy())
+        created_at = datetime.now(UTC).isoformat(timespec="seconds")
+        entries = []
+        for label, index in picks.items():
+            sample = response.samples[index]
+            caption = (
+                f"class {label}  pred {sample.predicted_class} ({sample.probability:.1%})  "
+                f"{cam.name} @ {cam.layer_name}"
+            )
+            jpeg = encode_jpeg(render_explanation(job.pixels[index].numpy(), heat[index].numpy(), caption))
+            image = response.images.add(
+                label=label,
+                sample_index=index,
+                predicted_class=sample.predicted_class,
+                probability=sample.probability,
+            )
+            if not job.store:
+                image.jpeg = jpeg
+                continue
+            image.key = class_image_key(job.task_id, job.round, job.client_id, label)
+            entry = {
+                "key": image.key,
+                "label": label,
+                "sample_index": index,
+                "predicted_class": sample.predicted_class,
+                "probability": round(sample.probability, 6),
+                "explained_class": sample.explained_class,
+                "method": cam.name,
+                "target_layer": cam.layer_name,
+                "architecture": job.architecture.name,
+                "model_sha256": job.model_sha256,
+                "cam_max": sample.cam_max,
+                "cam_mean": sample.cam_mean,
+                "degenerate": sample.degenerate,
+                "created_at": created_at,
+            }
+            self.store.put(
+                image.key,
+                jpeg,
+                "image/jpeg",
+                metadata={k: str(v) for k, v in entry.items() if k != "key"},
+            )
+            image.url = self.store.url(image.key)
+            entries.append(entry)
+        if job.store:
+            response.manifest_key = self._write_manifest(job, entries)
+        return response
+
+    def _write_manifest(self, job: ExplainJob, entries: list[dict]) -> str:
+        """Writes the manifest, keeping entries of classes this call did not redraw."""
+        key = manifest_key(job.task_id, job.round, job.client_id)
+        previous = self._read_manifest(key) if self.store.exists(key) else None
+        redrawn = {entry["label"] for entry in entries}
+        kept = [e for e in (previous or {}).get("images", []) if e.get("label") not in redrawn]
+        manifest = {
+            "task_id": job.task_id,
+            "round": job.round,
+            "client_id": job.client_id,
+            "images": sorted(kept + entries, key=lambda entry: entry["label"]),
+        }
+        self.store.put(key, json.dumps(manifest, indent=2).encode(), "application/json")
+        return key
+
+    def _read_manifest(self, key: str) -> dict | None:
+        try:
+            manifest = json.loads(self.store.get(key))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            log.warning("ignoring unreadable manifest %s: %s", key, error)
+            return None
+        return manifest if isinstance(manifest, dict) else None
+
+    def list_explanations(self, request: pb.ListExplanationsRequest) -> pb.ListExplanationsResponse:
+        if request.task_id:
+            validate_id("task_id", request.task_id)
+        if request.client_id:
+            validate_id("client_id", request.client_id)
+        has_round = request.HasField("round")
+        if request.task_id and has_round and request.client_id:
+            prefix = client_prefix(request.task_id, request.round, request.client_id) + "/"
+        elif request.task_id and has_round:
+            prefix = round_prefix(request.task_id, request.round) + "/"
+        elif request.task_id:
+            prefix = request.task_id + "/"
+        else:
+            prefix = ""
+
+        response = pb.ListExplanationsResponse()
+        for info in self.store.list(prefix):
+            parts = info.key.split("/")
+            # <task>/round-<NNN>/<client>/explanations.json
+            if len(parts) != 4 or parts[3] != MANIFEST_NAME:
+                continue
+            round_number = parse_round_dir(parts[1])
+            if round_number is None:
+                continue
+            if (has_round and round_number != request.round) or (
+                request.client_id and parts[2] != request.client_id
+            ):
+                continue
+            manifest = self._read_manifest(info.key)
+            for entry in (manifest or {}).get("images", []):
+                response.explanations.add(
+                    key=entry["key"],
+                    url=self.store.url(entry["key"]),
+                    task_id=parts[0],
+                    round=round_number,
+                    client_id=parts[2],
+                    label=entry["label"],
+                    predicted_class=entry["predicted_class"],
+                    probability=entry["probability"],
+                    method=entry["method"],
+                    target_layer=entry["target_layer"],
+                    model_sha256=entry["model_sha256"],
+                    cam_max=entry["cam_max"],
+                    cam_mean=entry["cam_mean"],
+                    degenerate=entry["degenerate"],
+                    created_at=entry["created_at"],
+                )
+        return response
+
+    def info(self) -> pb.GetInfoResponse:
+        response = pb.GetInfoResponse(
+            version=__version__,
+            methods=[pb.CamMethod.Name(value) for value in METHODS if value != pb.CAM_METHOD_UNSPECIFIED],
+            max_message_bytes=self.limits.max_message_bytes,
+            max_batch_size=self.limits.max_batch_size,
+            storage=self.store.kind,
+        )
+        for arch in ARCHITECTURES.values():
+            conv_layers = arch.conv_layers()
+            response.architectures.add(
+                name=arch.name,
+                input_shape=list(arch.input_shape),
+                num_classes=arch.num_classes,
+                default_target_layer=conv_layers[-1],
+                conv_layers=conv_layers,
+                default_mean=list(arch.mean),
+                default_std=list(arch.std),
+            )
+        return response

@@ -1,0 +1,189 @@
+"""Turns an ExplainRequest into a checked job, or an error naming the bad field.
+
+Everything a request carries is validated here, before any compute: the
+servicer then only deals with well-formed jobs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from fedxai.errors import InvalidArgument, NotFound, ObjectNotFound, ResourceExhausted
+from fedxai.models import Architecture, build_model, get_architecture
+from fedxai.storage import ObjectStore
+from fedxai.storage.layout import validate_id, validate_key
+from fedxai.tensors import decode_state_dict, safetensors_metadata, sha256_hex, tensor_from_proto
+from fedxai.v1 import explainer_pb2 as pb
+from services.explainer.cam import METHODS, BaseCAM
+
+
+@dataclass(frozen=True)
+class ExplainJob:
+    task_id: str
+    round: int
+    client_id: str
+    architecture: Architecture
+    model: nn.Module
+    model_sha256: str
+    pixels: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
+    labels: torch.Tensor  # (N,) int64
+    mean: torch.Tensor  # (C,)
+    std: torch.Tensor  # (C,)
+    method: type[BaseCAM]
+    target_layer: str
+    explain_predicted: bool
+    store: bool
+
+    def normalised_inputs(self) -> torch.Tensor:
+        return (self.pixels - self.mean[None, :, None, None]) / self.std[None, :, None, None]
+
+
+def parse_explain_request(request: pb.ExplainRequest, store: ObjectStore, max_batch_size: int) -> ExplainJob:
+    # Ids become storage keys; they only matter when something is stored.
+    if request.store or request.task_id:
+        validate_id("task_id", request.task_id)
+    if request.store or request.client_id:
+        validate_id("client_id", request.client_id)
+    method = METHODS.get(request.method)
+    if method is None:
+        raise InvalidArgument("method", f"unknown CAM method {request.method}")
+    if request.target not in (
+        pb.TARGET_CLASS_UNSPECIFIED,
+        pb.TARGET_CLASS_TRUE_LABEL,
+        pb.TARGET_CLASS_PREDICTED,
+    ):
+        raise InvalidArgument("target", f"unknown target class mode {request.target}")
+
+    architecture, state_bytes, state_field = _model_source(request, store)
+    model = build_model(architecture, decode_state_dict(state_bytes, state_field), state_field)
+    pixels = _samples(request, architecture, max_batch_size)
+    labels = _labels(request, len(pixels), architecture.num_classes)
+    mean, std = _normalisation(request.normalization, architecture)
+    return ExplainJob(
+        task_id=request.task_id,
+        round=request.round,
+        client_id=request.client_id,
+        architecture=architecture,
+        model=model,
+        model_sha256=sha256_hex(state_bytes),
+        pixels=pixels,
+        labels=labels,
+        mean=mean,
+        std=std,
+        method=method,
+        target_layer=request.target_layer,
+        explain_predicted=request.target == pb.TARGET_CLASS_PREDICTED,
+        store=request.store,
+    )
+
+
+def _model_source(request: pb.ExplainRequest, store: ObjectStore) -> tuple[Architecture, bytes, str]:
+    """The architecture and the safetensors bytes, inline or from storage."""
+    which = request.WhichOneof("model")
+    if which == "inline_model":
+        inline = request.inline_model
+        architecture = get_architecture(inline.architecture, "inline_model.architecture")
+        return architecture, inline.safetensors, "inline_model.safetensors"
+    if which == "model_ref":
+        key = validate_key("model_ref.key", request.model_ref.key)
+        try:
+            data = store.get(key)
+        except ObjectNotFound:
+            raise NotFound("model_ref.key", f"no checkpoint at {key!r} in {store.kind} storage") from None
+        name = request.model_ref.architecture or safetensors_metadata(data).get("architecture", "")
+        if not name:
+            raise InvalidArgument(
+                "model_ref.architecture", "not given, and the checkpoint's metadata names none"
+            )
+        return get_architecture(name, "model_ref.architecture"), data, "model_ref.key"
+    raise InvalidArgument("model", "set inline_model or model_ref")
+
+
+def _check_batch_size(field: str, count: int, max_batch_size: int) -> None:
+    if count == 0:
+        raise InvalidArgument(field, "empty batch")
+    if count > max_batch_size:
+        raise ResourceExhausted(field, f"batch of {count} samples is over the limit of {max_batch_size}")
+
+
+def _samples(request: pb.ExplainRequest, architecture: Architecture, max_batch_size: int) -> torch.Tensor:
+    channels, height, width = architecture.input_shape
+    which = request.WhichOneof("samples")
+    if which == "tensor":
+        shape = list(request.tensor.shape)
+        if len(shape) != 4:
+            raise InvalidArgument("tensor.shape", f"{shape} is not 4-D NCHW")
+        _check_batch_size("tensor.shape", shape[0], max_batch_size)
+        if shape[1:] != [channels, height, width]:
+            raise InvalidArgument(
+                "tensor.shape",
+                f"{shape} does not match {architecture.name} input [N, {channels}, {height}, {width}]",
+            )
+        array = tensor_from_proto(request.tensor, "tensor")
+        if array.dtype == np.uint8:
+            return torch.from_numpy(array.astype(np.float32) / 255.0)
+        low, high = float(array.min()), float(array.max())
+        if low < 0.0 or high > 1.0:
+            raise InvalidArgument(
+                "tensor.data",
+                f"float32 pixels must lie in [0, 1] (the server applies the normalisation); "
+                f"found [{low:.3g}, {high:.3g}]",
+            )
+        return torch.from_numpy(array.copy())
+    if which == "images":
+        encoded = request.images.images
+        _check_batch_size("images.images", len(encoded), max_batch_size)
+        return torch.from_numpy(
+            np.stack([_decode_image(i, data, architecture) for i, data in enumerate(encoded)])
+        )
+    raise InvalidArgument("samples", "set tensor or images")
+
+
+def _decode_image(index: int, data: bytes, architecture: Architecture) -> np.ndarray:
+    """One PNG/JPEG as (C, H, W) float32 in [0, 1]; grey or RGB to match the model."""
+    field = f"images.images[{index}]"
+    channels, height, width = architecture.input_shape
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag) if data else None
+    if image is None:
+        raise InvalidArgument(field, "not a decodable PNG or JPEG image")
+    if image.shape[:2] != (height, width):
+        raise InvalidArgument(
+            field, f"is {image.shape[1]}x{image.shape[0]}, {architecture.name} takes {width}x{height}"
+        )
+    image = image[None] if channels == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)
+    return image.astype(np.float32) / 255.0
+
+
+def _labels(request: pb.ExplainRequest, count: int, num_classes: int) -> torch.Tensor:
+    labels = list(request.labels)
+    if len(labels) != count:
+        raise InvalidArgument("labels", f"{len(labels)} labels for {count} samples")
+    bad = [label for label in labels if not 0 <= label < num_classes]
+    if bad:
+        raise InvalidArgument("labels", f"{bad[0]} is outside [0, {num_classes})")
+    return torch.tensor(labels, dtype=torch.int64)
+
+
+def _normalisation(
+    message: pb.Normalization, architecture: Architecture
+) -> tuple[torch.Tensor, torch.Tensor]:
+    channels = architecture.channels
+    mean = list(message.mean) or list(architecture.mean)
+    std = list(message.std) or list(architecture.std)
+    for name, values in (("mean", mean), ("std", std)):
+        if len(values) not in (1, channels):
+            raise InvalidArgument(f"normalization.{name}", f"has {len(values)} values; give 1 or {channels}")
+        if not all(np.isfinite(values)):
+            raise InvalidArgument(f"normalization.{name}", "contains NaN or Inf")
+    if min(std) <= 0:
+        raise InvalidArgument("normalization.std", "values must be positive")
+    return (
+        torch.tensor(mean, dtype=torch.float32).expand(channels).clone(),
+        torch.tensor(std, dtype=torch.float32).expand(channels).clone(),
+    )

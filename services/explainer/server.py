@@ -1,0 +1,90 @@
+"""Builds and runs the explainer's gRPC server: Explainer, health, reflection."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fedxai.settings import ExplainerSettings, SettingsError
+from fedxai.storage import ObjectStore
+from fedxai.v1 import explainer_pb2 as pb
+from fedxai.v1 import explainer_pb2_grpc as pb_grpc
+from services.explainer.explanations import ExplanationService, Limits
+from services.explainer.servicer import ExplainerServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+
+    def stop(self, grace: float | None) -> None:
+        """Reports NOT_SERVING, then lets in-flight calls finish within ``grace`` seconds."""
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+
+
+def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningServer:
+    """A started server bound to ``settings.address`` (port 0 picks a free one)."""
+    limits = Limits(max_message_bytes=settings.max_message_bytes, max_batch_size=settings.max_batch_size)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="explainer"),
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+        ],
+    )
+    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(ExplanationService(store, limits)), server)
+
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    try:
+        port = server.add_insecure_port(settings.address)
+    except RuntimeError:
+        raise SettingsError(
+            f"cannot listen on {settings.address} (in use, or not this host's address)"
+        ) from None
+    server.start()
+    return RunningServer(server, port, health_servicer)
+
+
+def serve(settings: ExplainerSettings, store: ObjectStore) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+    running = create_server(settings, store)
+    host = settings.address.rpartition(":")[0]
+    log.info("explainer serving on %s:%d, storage: %s", host, running.port, store.kind)
+
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s, shutting down", signal.Signals(signum).name)
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        stop_requested.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        running.stop(settings.grace_seconds)
+        log.info("explainer stopped")

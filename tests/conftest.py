@@ -1,0 +1,154 @@
+"""Shared fixtures: real MNIST digits, a trained model, real servers on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+
+from fedxai.mnist import load_split
+from fedxai.models import ARCHITECTURES
+from fedxai.settings import ExplainerSettings, S3Settings
+from fedxai.storage import LocalStore
+from fedxai.tensors import encode_state_dict
+from fedxai.v1 import explainer_pb2_grpc as pb_grpc
+from services.explainer.server import RunningServer, create_server
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MNIST_DIR = Path(os.environ.get("FEDXAI_TEST_MNIST_DIR", REPO_ROOT.parent / "shared" / "data" / "mnist"))
+MESSAGE_LIMIT = 64 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MESSAGE_LIMIT),
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT),
+]
+
+
+@pytest.fixture(scope="session")
+def mnist() -> tuple[np.ndarray, np.ndarray]:
+    """The real MNIST test split: (10000, 28, 28) uint8 images and labels."""
+    if not MNIST_DIR.is_dir():
+        pytest.skip(f"MNIST IDX files not found in {MNIST_DIR} (set FEDXAI_TEST_MNIST_DIR)")
+    return load_split(MNIST_DIR, "test")
+
+
+@pytest.fixture(scope="session")
+def trained_mnist_cnn(mnist: tuple[np.ndarray, np.ndarray]) -> torch.nn.Module:
+    """mnist_cnn trained for one pass over 4,000 digits (over 90% accurate on the rest)."""
+    images, labels = mnist
+    arch = ARCHITECTURES["mnist_cnn"]
+    torch.manual_seed(0)
+    model = arch.factory()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = (torch.from_numpy(images[:4000]).float()[:, None] / 255.0 - arch.mean[0]) / arch.std[0]
+    y = torch.from_numpy(labels[:4000])
+    model.train()
+    for start in range(0, len(x), 64):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x[start : start + 64]), y[start : start + 64])
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def mnist_weights(trained_mnist_cnn: torch.nn.Module) -> bytes:
+    return encode_state_dict(trained_mnist_cnn.state_dict(), {"architecture": "mnist_cnn"})
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> LocalStore:
+    store = LocalStore(tmp_path / "store")
+    store.check()
+    return store
+
+
+@pytest.fixture
+def explainer(local_store: LocalStore) -> Iterator[RunningServer]:
+    running = create_server(ExplainerSettings(address="127.0.0.1:0", max_batch_size=256), local_store)
+    yield running
+    running.stop(grace=None)
+
+
+@pytest.fixture
+def stub(explainer: RunningServer) -> Iterator[pb_grpc.ExplainerStub]:
+    with grpc.insecure_channel(f"127.0.0.1:{explainer.port}", options=CHANNEL_OPTIONS) as channel:
+        yield pb_grpc.ExplainerStub(channel)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """moto's S3 server on loopback: wide S3 coverage, accepts any credentials."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"{host}:{port}"
+    server.stop()
+
+
+NANIO_ACCESS_KEY = "fedxai-test"
+NANIO_SECRET_KEY = "fedxai-test-secret-key"
+
+
+@pytest.fixture(scope="session")
+def nanio_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """nanio on loopback: checks SigV4 signatures and presigned-URL expiry."""
+    port = free_port()
+    env = {**os.environ, "NANIO_ACCESS_KEY": NANIO_ACCESS_KEY, "NANIO_SECRET_KEY": NANIO_SECRET_KEY}
+    nanio = Path(sys.executable).with_name("nanio")
+    data_dir = tmp_path_factory.mktemp("nanio")
+    process = subprocess.Popen(
+        [
+            str(nanio),
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        env=env,
+    )
+    try:
+        wait_for_port(port, process)
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def s3_settings(endpoint: str, bucket: str, *, secret_key: str = NANIO_SECRET_KEY) -> S3Settings:
+    return S3Settings(endpoint=endpoint, access_key=NANIO_ACCESS_KEY, secret_key=secret_key, bucket=bucket)
