@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import gzip
 import os
 import statistics
 import sys
@@ -24,6 +23,7 @@ import grpc
 import numpy as np
 import torch
 
+from fedxai.mnist import available_splits, load_split
 from fedxai.models import ARCHITECTURES
 from fedxai.settings import ExplainerSettings
 from fedxai.storage import LocalStore
@@ -44,20 +44,11 @@ def out(line: str = "") -> None:
     sys.stdout.write(line + "\n")
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file: 2 zero bytes, a type byte (0x08 = uint8), ndim, big-endian uint32 dims, data."""
-    data = gzip.decompress(path.read_bytes())
-    ndim = data[3]
-    shape = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
 def load_samples(mnist_dir: Path, count: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(count, 1, 28, 28) uint8 pixels and int64 labels: MNIST test set, else random."""
-    images, labels = mnist_dir / "t10k-images-idx3-ubyte.gz", mnist_dir / "t10k-labels-idx1-ubyte.gz"
-    if images.is_file() and labels.is_file():
-        pixels = read_idx(images)[:count, None].copy()
-        return pixels, read_idx(labels)[:count].astype(np.int64), f"MNIST test set ({mnist_dir})"
+    if "test" in available_splits(mnist_dir):
+        images, labels = load_split(mnist_dir, "test")
+        return images[:count, None].copy(), labels[:count], f"MNIST test set ({mnist_dir})"
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, size=(count, 1, 28, 28), dtype=np.uint8)
     return pixels, np.arange(count, dtype=np.int64) % ARCH.num_classes, "random pixels (no MNIST found)"

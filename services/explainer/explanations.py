@@ -25,7 +25,7 @@ from fedxai.storage.layout import (
     validate_id,
 )
 from fedxai.v1 import explainer_pb2 as pb
-from services.explainer.cam import METHODS, normalise, upsample
+from services.explainer.cam import METHODS, BaseCAM, CamResult, normalise, upsample
 from services.explainer.cam.base import EPS
 from services.explainer.inputs import ExplainJob, parse_explain_request
 from services.explainer.render import encode_jpeg, render_explanation
@@ -52,6 +52,41 @@ def pick_samples_per_class(
     return picks
 
 
+def describe_samples(labels: torch.Tensor, result: CamResult) -> list[pb.SampleExplanation]:
+    """Per sample: prediction, confidence, the raw map and its statistics."""
+    confidence, predicted = torch.softmax(result.logits, dim=1).max(dim=1)
+    maps = result.maps
+    peaks = maps.amax(dim=(1, 2))
+    means = maps.mean(dim=(1, 2))
+    _, height, width = maps.shape
+    columns = zip(
+        labels.tolist(),
+        predicted.tolist(),
+        confidence.tolist(),
+        result.classes.tolist(),
+        peaks.tolist(),
+        means.tolist(),
+        maps.reshape(len(maps), -1).tolist(),
+        strict=True,
+    )
+    return [
+        pb.SampleExplanation(
+            index=index,
+            true_label=label,
+            predicted_class=prediction,
+            probability=probability,
+            explained_class=explained,
+            cam_max=peak,
+            cam_mean=mean,
+            degenerate=peak <= EPS,
+            cam_height=height,
+            cam_width=width,
+            cam=grid,
+        )
+        for index, (label, prediction, probability, explained, peak, mean, grid) in enumerate(columns)
+    ]
+
+
 class ExplanationService:
     def __init__(self, store: ObjectStore, limits: Limits) -> None:
         self.store = store
@@ -61,78 +96,72 @@ class ExplanationService:
         job = parse_explain_request(request, self.store, self.limits.max_batch_size)
         cam = job.method(job.model, job.target_layer)
         result = cam.compute(job.normalised_inputs(), None if job.explain_predicted else job.labels)
-
-        probabilities = torch.softmax(result.logits, dim=1)
-        confidence, predicted = probabilities.max(dim=1)
-        peaks = result.maps.amax(dim=(1, 2))
-        heat = normalise(upsample(result.maps, (job.pixels.shape[2], job.pixels.shape[3])))
-
         response = pb.ExplainResponse(
             method=cam.name, target_layer=cam.layer_name, model_sha256=job.model_sha256
         )
-        maps = result.maps.numpy()
-        for i in range(len(job.labels)):
-            response.samples.add(
-                index=i,
-                true_label=int(job.labels[i]),
-                predicted_class=int(predicted[i]),
-                probability=float(confidence[i]),
-                explained_class=int(result.classes[i]),
-                cam_max=float(peaks[i]),
-                cam_mean=float(maps[i].mean()),
-                degenerate=bool(peaks[i] <= EPS),
-                cam_height=maps.shape[1],
-                cam_width=maps.shape[2],
-                cam=maps[i].ravel().tolist(),
-            )
+        response.samples.extend(describe_samples(job.labels, result))
 
-        picks = pick_samples_per_class(job.labels.numpy(), predicted.numpy(), confidence.numpy())
-        created_at = datetime.now(UTC).isoformat(timespec="seconds")
-        entries = []
-        for label, index in picks.items():
-            sample = response.samples[index]
-            caption = (
-                f"class {label}  pred {sample.predicted_class} ({sample.probability:.1%})  "
-                f"{cam.name} @ {cam.layer_name}"
-            )
-            jpeg = encode_jpeg(render_explanation(job.pixels[index].numpy(), heat[index].numpy(), caption))
-            image = response.images.add(
-                label=label,
-                sample_index=index,
-                predicted_class=sample.predicted_class,
-                probability=sample.probability,
-            )
-            if not job.store:
-                image.jpeg = jpeg
-                continue
-            image.key = class_image_key(job.task_id, job.round, job.client_id, label)
-            entry = {
-                "key": image.key,
-                "label": label,
-                "sample_index": index,
-                "predicted_class": sample.predicted_class,
-                "probability": round(sample.probability, 6),
-                "explained_class": sample.explained_class,
-                "method": cam.name,
-                "target_layer": cam.layer_name,
-                "architecture": job.architecture.name,
-                "model_sha256": job.model_sha256,
-                "cam_max": sample.cam_max,
-                "cam_mean": sample.cam_mean,
-                "degenerate": sample.degenerate,
-                "created_at": created_at,
-            }
-            self.store.put(
-                image.key,
-                jpeg,
-                "image/jpeg",
-                metadata={k: str(v) for k, v in entry.items() if k != "key"},
-            )
-            image.url = self.store.url(image.key)
-            entries.append(entry)
+        confidence = np.array([s.probability for s in response.samples])
+        predicted = np.array([s.predicted_class for s in response.samples])
+        picks = pick_samples_per_class(job.labels.numpy(), predicted, confidence)
+        indices = list(picks.values())
+        # Only the drawn samples need maps at the input size.
+        heat = normalise(upsample(result.maps[indices], (job.pixels.shape[2], job.pixels.shape[3]))).numpy()
+        # Drawn one after another: on a few cores, threads only fight torch's and OpenCV's own.
+        outcomes = [
+            self._draw(job, cam, label, job.pixels[index].numpy(), heat[i], response.samples[index])
+            for i, (label, index) in enumerate(picks.items())
+        ]
+        response.images.extend(image for image, _ in outcomes)
         if job.store:
-            response.manifest_key = self._write_manifest(job, entries)
+            response.manifest_key = self._write_manifest(job, [entry for _, entry in outcomes if entry])
         return response
+
+    def _draw(
+        self,
+        job: ExplainJob,
+        cam: BaseCAM,
+        label: int,
+        pixels: np.ndarray,
+        heat: np.ndarray,
+        sample: pb.SampleExplanation,
+    ) -> tuple[pb.ClassImage, dict | None]:
+        """Renders one class's image; stores it (returning its manifest entry) or returns it inline."""
+        caption = (
+            f"class {label}  pred {sample.predicted_class} ({sample.probability:.1%})  "
+            f"{cam.name} @ {cam.layer_name}"
+        )
+        jpeg = encode_jpeg(render_explanation(pixels, heat, caption))
+        image = pb.ClassImage(
+            label=label,
+            sample_index=sample.index,
+            predicted_class=sample.predicted_class,
+            probability=sample.probability,
+        )
+        if not job.store:
+            image.jpeg = jpeg
+            return image, None
+        image.key = class_image_key(job.task_id, job.round, job.client_id, label)
+        entry = {
+            "key": image.key,
+            "label": label,
+            "sample_index": sample.index,
+            "predicted_class": sample.predicted_class,
+            "probability": round(sample.probability, 6),
+            "explained_class": sample.explained_class,
+            "method": cam.name,
+            "target_layer": cam.layer_name,
+            "architecture": job.architecture.name,
+            "model_sha256": job.model_sha256,
+            "cam_max": sample.cam_max,
+            "cam_mean": sample.cam_mean,
+            "degenerate": sample.degenerate,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        metadata = {name: str(value) for name, value in entry.items() if name != "key"}
+        self.store.put(image.key, jpeg, "image/jpeg", metadata=metadata)
+        image.url = self.store.url(image.key)
+        return image, entry
 
     def _write_manifest(self, job: ExplainJob, entries: list[dict]) -> str:
         """Writes the manifest, keeping entries of classes this call did not redraw."""
