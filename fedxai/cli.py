@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
 
 from fedxai.errors import StoreError
 from fedxai.settings import (
@@ -35,6 +38,50 @@ def _explainer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from fedxai.launcher import (
+        RunFailed,
+        RunOptions,
+        build_task,
+        default_app_dir,
+        parse_overrides,
+        run_federation,
+        summary,
+    )
+
+    if args.clients < 1:
+        raise SettingsError("--clients must be at least 1")
+    overrides = parse_overrides(args.set)
+    for key, value in (
+        ("num-server-rounds", args.rounds),
+        ("data-dir", args.data_dir and str(Path(args.data_dir).resolve())),
+        ("explainer-address", args.explainer_address),
+    ):
+        if value:
+            overrides[key] = value
+    if args.no_xai:
+        overrides["xai-enabled"] = False
+    app_dir = Path(args.app_dir) if args.app_dir else default_app_dir()
+    storage = StorageSettings.from_env(os.environ)
+    if args.output_dir:
+        storage = StorageSettings(s3=storage.s3, output_dir=Path(args.output_dir))
+    options = RunOptions(
+        task=build_task(app_dir, overrides, args.clients),
+        clients=args.clients,
+        storage=storage,
+        app_dir=app_dir,
+        work_dir=Path(args.work_dir),
+        start_explainer=not args.external_explainer,
+    )
+    try:
+        document = run_federation(options, os.environ, sys.stdout)
+    except RunFailed as error:
+        sys.stderr.write(f"fedxai: run failed: {error}\n")
+        return 1
+    sys.stdout.write(summary(document, options))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedxai", description=__doc__)
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -52,19 +99,53 @@ def build_parser() -> argparse.ArgumentParser:
     explainer.add_argument("--max-batch-size", type=int, default=1024, help="most samples per Explain call")
     explainer.add_argument("--workers", type=int, default=4, help="requests served at once")
     explainer.set_defaults(handler=_explainer)
+
+    run = commands.add_parser(
+        "run",
+        help="run the federation with XAI on this machine",
+        description="Start the explainer, a Flower SuperLink and one SuperNode per client, run the "
+        "task and stop everything at the end. Storage as for `explainer`.",
+    )
+    run.add_argument("--clients", type=int, default=2, help="trainers (SuperNodes) to start")
+    run.add_argument("--rounds", type=int, help="federated rounds (task setting num-server-rounds)")
+    run.add_argument("--data-dir", help="MNIST IDX files; default: download with torchvision")
+    run.add_argument("--explainer-address", help="HOST:PORT for the explainer (default 127.0.0.1:50051)")
+    run.add_argument("--no-xai", action="store_true", help="train without explanations")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any task setting, e.g. --set local-epochs=2",
+    )
+    run.add_argument("--output-dir", help="folder for images and metrics when not using S3 (FEDXAI_OUTPUT_DIR)")
+    run.add_argument("--work-dir", default=".fedxai", help="logs, Flower state and trainer outboxes")
+    run.add_argument("--app-dir", help="the project source tree holding the Flower app")
+    run.add_argument(
+        "--external-explainer", action="store_true", help="use an explainer already serving at the address"
+    )
+    run.set_defaults(handler=_run)
     return parser
+
+
+def _interrupt(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # SIGTERM unwinds like Ctrl-C, so every `finally` (stopping child processes) runs.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.handler(args))
     except SettingsError as error:
         parser.exit(2, f"fedxai: error: {error}\n")
     except StoreError as error:
         parser.exit(1, f"fedxai: storage error: {error}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "fedxai: interrupted; every process it started is stopped\n")
 
 
 if __name__ == "__main__":

@@ -26,9 +26,7 @@ def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
     """Encodes a float32 or uint8 array."""
     for enum_value, dtype in _NUMPY_DTYPES.items():
         if array.dtype == dtype:
-            return pb.Tensor(
-                shape=list(array.shape), dtype=enum_value, data=np.ascontiguousarray(array).tobytes()
-            )
+            return pb.Tensor(shape=list(array.shape), dtype=enum_value, data=np.ascontiguousarray(array).tobytes())
     raise TypeError(f"unsupported dtype {array.dtype}; use float32 or uint8")
 
 
@@ -44,8 +42,7 @@ def tensor_from_proto(message: pb.Tensor, field: str) -> np.ndarray:
     if len(message.data) != expected:
         raise InvalidArgument(
             f"{field}.data",
-            f"{len(message.data)} bytes do not match shape {list(shape)} of "
-            f"{np.dtype(dtype).name} ({expected} bytes)",
+            f"{len(message.data)} bytes do not match shape {list(shape)} of {np.dtype(dtype).name} ({expected} bytes)",
         )
     array = np.frombuffer(message.data, dtype=dtype).reshape(shape)
     if dtype.kind == "f" and not np.isfinite(array).all():

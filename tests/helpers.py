@@ -9,9 +9,7 @@ from fedxai.tensors import tensor_to_proto
 from fedxai.v1 import explainer_pb2 as pb
 
 
-def explain_request(
-    images: np.ndarray, labels: np.ndarray, weights: bytes, **fields: object
-) -> pb.ExplainRequest:
+def explain_request(images: np.ndarray, labels: np.ndarray, weights: bytes, **fields: object) -> pb.ExplainRequest:
     """An Explain request for (N, 28, 28) uint8 digits and an inline mnist_cnn."""
     request = pb.ExplainRequest(
         task_id="xaitest",

@@ -149,9 +149,7 @@ def test_all_zero_map_is_flagged_not_nan(mnist) -> None:
 
 
 def test_upsampled_maps_span_zero_to_one_at_the_input_size(trained_mnist_cnn, mnist) -> None:
-    result = GradCAM(copy_of(trained_mnist_cnn)).compute(
-        inputs_for(mnist[0][:8]), torch.from_numpy(mnist[1][:8])
-    )
+    result = GradCAM(copy_of(trained_mnist_cnn)).compute(inputs_for(mnist[0][:8]), torch.from_numpy(mnist[1][:8]))
     heat = normalise(upsample(result.maps, (28, 28)))
     assert heat.shape == (8, 28, 28)
     assert heat.min() >= 0

@@ -66,9 +66,7 @@ def test_bad_boolean_setting_is_named():
 
 
 def test_missing_secret_is_named():
-    result = run_fedxai(
-        "explainer", env=clean_env(FEDXAI_S3_ENDPOINT="127.0.0.1:9", FEDXAI_S3_ACCESS_KEY="a")
-    )
+    result = run_fedxai("explainer", env=clean_env(FEDXAI_S3_ENDPOINT="127.0.0.1:9", FEDXAI_S3_ACCESS_KEY="a"))
     assert result.returncode == 2
     assert "FEDXAI_S3_SECRET_KEY is not" in result.stderr
 

@@ -188,9 +188,7 @@ def good_request(mnist, mnist_weights) -> pb.ExplainRequest:
     return explain_request(images[:4], labels[:4], mnist_weights)
 
 
-@pytest.mark.parametrize(
-    ("change", "code", "message"), [c[1:] for c in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS]
-)
+@pytest.mark.parametrize(("change", "code", "message"), [c[1:] for c in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS])
 def test_bad_request_is_refused_with_the_field_named(
     stub, local_store: LocalStore, good_request, mnist_weights, change, code, message
 ):
@@ -206,9 +204,7 @@ def test_bad_request_is_refused_with_the_field_named(
     assert len(stub.Explain(good_request, timeout=30).images) > 0
 
 
-def test_checkpoint_without_architecture_metadata_asks_for_one(
-    stub, local_store, good_request, trained_mnist_cnn
-):
+def test_checkpoint_without_architecture_metadata_asks_for_one(stub, local_store, good_request, trained_mnist_cnn):
     local_store.put(
         "xaitest/round-001/global_model.safetensors",
         encode_state_dict(trained_mnist_cnn.state_dict(), {}),
@@ -218,10 +214,7 @@ def test_checkpoint_without_architecture_metadata_asks_for_one(
     with pytest.raises(grpc.RpcError) as raised:
         stub.Explain(good_request, timeout=30)
     assert raised.value.code() == INVALID
-    assert (
-        "model_ref.architecture: not given, and the checkpoint's metadata names none"
-        in raised.value.details()
-    )
+    assert "model_ref.architecture: not given, and the checkpoint's metadata names none" in raised.value.details()
     good_request.model_ref.architecture = "mnist_cnn"
     assert len(stub.Explain(good_request, timeout=30).samples) == 4
 

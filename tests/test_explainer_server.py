@@ -28,9 +28,7 @@ def digits(mnist):
     return images[:64], labels[:64]
 
 
-def test_explain_stores_one_image_per_class_and_a_manifest(
-    stub, local_store: LocalStore, digits, mnist_weights
-):
+def test_explain_stores_one_image_per_class_and_a_manifest(stub, local_store: LocalStore, digits, mnist_weights):
     images, labels = digits
     response = stub.Explain(explain_request(images, labels, mnist_weights), timeout=60)
 
@@ -68,9 +66,7 @@ def test_each_class_shows_its_most_confident_correct_sample(stub, digits, mnist_
     images, labels = digits
     response = stub.Explain(explain_request(images, labels, mnist_weights, store=False), timeout=60)
     for image in response.images:
-        candidates = [
-            s for s in response.samples if s.true_label == image.label and s.predicted_class == image.label
-        ]
+        candidates = [s for s in response.samples if s.true_label == image.label and s.predicted_class == image.label]
         best = max(candidates, key=lambda s: s.probability)
         assert image.sample_index == best.index
         assert image.predicted_class == image.label
@@ -130,9 +126,7 @@ def test_images_come_back_inline_when_not_stored(stub, local_store, digits, mnis
 def test_explain_from_png_images_and_a_stored_checkpoint(stub, local_store, digits, mnist_weights):
     images, labels = digits
     local_store.put(global_model_key("xaitest", 3), mnist_weights, "application/octet-stream")
-    tensor_response = stub.Explain(
-        explain_request(images[:10], labels[:10], mnist_weights, store=False), timeout=60
-    )
+    tensor_response = stub.Explain(explain_request(images[:10], labels[:10], mnist_weights, store=False), timeout=60)
 
     request = pb.ExplainRequest(
         task_id="xaitest",
@@ -232,12 +226,8 @@ def test_list_explanations_filters_by_task_round_and_client(stub, digits, mnist_
     assert len(keys(task_id="xaitest", round=2, client_id="client-0")) == classes
     assert keys(task_id="xaitest", round=7) == []
     assert keys(task_id="missing") == []
-    listed = stub.ListExplanations(
-        pb.ListExplanationsRequest(task_id="xaitest", round=2), timeout=10
-    ).explanations
-    assert {(e.task_id, e.round, e.client_id, e.method) for e in listed} == {
-        ("xaitest", 2, "client-0", "Grad-CAM")
-    }
+    listed = stub.ListExplanations(pb.ListExplanationsRequest(task_id="xaitest", round=2), timeout=10).explanations
+    assert {(e.task_id, e.round, e.client_id, e.method) for e in listed} == {("xaitest", 2, "client-0", "Grad-CAM")}
 
 
 def test_get_info_describes_methods_architectures_and_limits(stub):

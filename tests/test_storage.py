@@ -29,9 +29,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStor
     if request.param == "local":
         store: ObjectStore = LocalStore(tmp_path / "objects")
     else:
-        endpoint = request.getfixturevalue(
-            "moto_endpoint" if request.param == "s3-moto" else "nanio_endpoint"
-        )
+        endpoint = request.getfixturevalue("moto_endpoint" if request.param == "s3-moto" else "nanio_endpoint")
         store = S3Store(s3_settings(endpoint, new_bucket()))
     store.check()
     yield store

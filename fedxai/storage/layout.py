@@ -28,8 +28,7 @@ def validate_id(field: str, value: str) -> str:
     if not _ID.fullmatch(value):
         raise InvalidArgument(
             field,
-            f"{value!r} is not a valid id (1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit)",
+            f"{value!r} is not a valid id (1-64 letters, digits, '.', '_' or '-', starting with a letter or digit)",
         )
     return value
 

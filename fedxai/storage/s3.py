@@ -132,6 +132,4 @@ class S3Store(ObjectStore):
 
     def url(self, key: str) -> str:
         validate_key("key", key)
-        return self.signer.presigned_get_object(
-            bucket_name=self.bucket, object_name=key, expires=self.url_expiry
-        )
+        return self.signer.presigned_get_object(bucket_name=self.bucket, object_name=key, expires=self.url_expiry)

@@ -39,9 +39,7 @@ class Limits:
     max_batch_size: int
 
 
-def pick_samples_per_class(
-    labels: np.ndarray, predicted: np.ndarray, probability: np.ndarray
-) -> dict[int, int]:
+def pick_samples_per_class(labels: np.ndarray, predicted: np.ndarray, probability: np.ndarray) -> dict[int, int]:
     """For each class in ``labels``: its most confident correctly classified
     sample, else its first sample."""
     picks = {}
@@ -96,9 +94,7 @@ class ExplanationService:
         job = parse_explain_request(request, self.store, self.limits.max_batch_size)
         cam = job.method(job.model, job.target_layer)
         result = cam.compute(job.normalised_inputs(), None if job.explain_predicted else job.labels)
-        response = pb.ExplainResponse(
-            method=cam.name, target_layer=cam.layer_name, model_sha256=job.model_sha256
-        )
+        response = pb.ExplainResponse(method=cam.name, target_layer=cam.layer_name, model_sha256=job.model_sha256)
         response.samples.extend(describe_samples(job.labels, result))
 
         confidence = np.array([s.probability for s in response.samples])
@@ -128,8 +124,7 @@ class ExplanationService:
     ) -> tuple[pb.ClassImage, dict | None]:
         """Renders one class's image; stores it (returning its manifest entry) or returns it inline."""
         caption = (
-            f"class {label}  pred {sample.predicted_class} ({sample.probability:.1%})  "
-            f"{cam.name} @ {cam.layer_name}"
+            f"class {label}  pred {sample.predicted_class} ({sample.probability:.1%})  {cam.name} @ {cam.layer_name}"
         )
         jpeg = encode_jpeg(render_explanation(pixels, heat, caption))
         image = pb.ClassImage(
@@ -210,9 +205,7 @@ class ExplanationService:
             round_number = parse_round_dir(parts[1])
             if round_number is None:
                 continue
-            if (has_round and round_number != request.round) or (
-                request.client_id and parts[2] != request.client_id
-            ):
+            if (has_round and round_number != request.round) or (request.client_id and parts[2] != request.client_id):
                 continue
             manifest = self._read_manifest(info.key)
             for entry in (manifest or {}).get("images", []):

@@ -97,9 +97,7 @@ def _model_source(request: pb.ExplainRequest, store: ObjectStore) -> tuple[Archi
             raise NotFound("model_ref.key", f"no checkpoint at {key!r} in {store.kind} storage") from None
         name = request.model_ref.architecture or safetensors_metadata(data).get("architecture", "")
         if not name:
-            raise InvalidArgument(
-                "model_ref.architecture", "not given, and the checkpoint's metadata names none"
-            )
+            raise InvalidArgument("model_ref.architecture", "not given, and the checkpoint's metadata names none")
         return get_architecture(name, "model_ref.architecture"), data, "model_ref.key"
     raise InvalidArgument("model", "set inline_model or model_ref")
 
@@ -138,9 +136,7 @@ def _samples(request: pb.ExplainRequest, architecture: Architecture, max_batch_s
     if which == "images":
         encoded = request.images.images
         _check_batch_size("images.images", len(encoded), max_batch_size)
-        return torch.from_numpy(
-            np.stack([_decode_image(i, data, architecture) for i, data in enumerate(encoded)])
-        )
+        return torch.from_numpy(np.stack([_decode_image(i, data, architecture) for i, data in enumerate(encoded)]))
     raise InvalidArgument("samples", "set tensor or images")
 
 
@@ -170,9 +166,7 @@ def _labels(request: pb.ExplainRequest, count: int, num_classes: int) -> torch.T
     return torch.tensor(labels, dtype=torch.int64)
 
 
-def _normalisation(
-    message: pb.Normalization, architecture: Architecture
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _normalisation(message: pb.Normalization, architecture: Architecture) -> tuple[torch.Tensor, torch.Tensor]:
     channels = architecture.channels
     mean = list(message.mean) or list(architecture.mean)
     std = list(message.std) or list(architecture.std)

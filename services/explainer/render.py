@@ -29,9 +29,7 @@ def render_explanation(pixels: np.ndarray, heat: np.ndarray, caption: str, scale
     gap = np.full((size[1], GAP, 3), 255, dtype=np.uint8)
     panels = np.hstack([original, gap, heatmap, gap, overlay])
     band = np.full((CAPTION_HEIGHT, panels.shape[1], 3), 255, dtype=np.uint8)
-    cv2.putText(
-        band, caption, (6, CAPTION_HEIGHT - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA
-    )
+    cv2.putText(band, caption, (6, CAPTION_HEIGHT - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     return np.vstack([band, panels])
 
 

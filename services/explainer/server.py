@@ -61,9 +61,7 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
     try:
         port = server.add_insecure_port(settings.address)
     except RuntimeError:
-        raise SettingsError(
-            f"cannot listen on {settings.address} (in use, or not this host's address)"
-        ) from None
+        raise SettingsError(f"cannot listen on {settings.address} (in use, or not this host's address)") from None
     server.start()
     return RunningServer(server, port, health_servicer)
 

@@ -1,0 +1,118 @@
+"""MNIST for the federation: the pool, the server's held-out test set, and each
+node's partition with its train/validation split.
+
+Every split is a pure function of the data and a seed, so the aggregator and the
+trainers agree on who holds what, and a node gets the same data every round.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedxai.mnist import available_splits, load_split
+
+MIN_PARTITION_SIZE = 2
+
+
+@dataclass(frozen=True)
+class Dataset:
+    images: np.ndarray  # (N, 28, 28) uint8
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: np.ndarray) -> Dataset:
+        return Dataset(self.images[indices], self.labels[indices])
+
+
+@dataclass(frozen=True)
+class Pool:
+    """What the trainers partition, and what the aggregator keeps for itself."""
+
+    federated: Dataset
+    test: Dataset
+
+
+def load_pool(data_dir: str, test_fraction: float, seed: int, max_samples: int = 0) -> Pool:
+    """MNIST from IDX files in ``data_dir``, or downloaded by torchvision when empty.
+
+    With both splits, the trainers share the train split and the aggregator tests
+    on the test split. With one split, it is the pool: ``test_fraction`` of it is
+    held out for the aggregator. ``max_samples`` (0: all) caps each part, for
+    quick runs.
+    """
+    if data_dir:
+        directory = Path(data_dir)
+        splits = available_splits(directory) if directory.is_dir() else []
+        if not splits:
+            raise FileNotFoundError(
+                f"data-dir {directory}: no MNIST IDX files (t10k-/train-images-idx3-ubyte[.gz] and the matching labels)"
+            )
+        loaded = {split: Dataset(*load_split(directory, split)) for split in splits}
+    else:
+        loaded = _download(Path.home() / ".cache" / "fedxai" / "mnist")
+
+    if "train" in loaded and "test" in loaded:
+        federated, test = loaded["train"], loaded["test"]
+    else:
+        (pool,) = loaded.values()
+        order = np.random.default_rng(seed).permutation(len(pool))
+        held_out = max(1, round(len(pool) * test_fraction))
+        federated, test = pool.subset(np.sort(order[held_out:])), pool.subset(np.sort(order[:held_out]))
+    if max_samples:
+        federated = federated.subset(np.arange(min(max_samples, len(federated))))
+        test = test.subset(np.arange(min(max_samples, len(test))))
+    return Pool(federated, test)
+
+
+def _download(cache: Path) -> dict[str, Dataset]:
+    from torchvision.datasets import MNIST  # only for the download path: keeps node start-up light
+
+    found = {}
+    for split, train in (("train", True), ("test", False)):
+        mnist = MNIST(root=str(cache), train=train, download=True)
+        found[split] = Dataset(mnist.data.numpy(), mnist.targets.numpy().astype(np.int64))
+    return found
+
+
+def partition(data: Dataset, partition_id: int, num_partitions: int, scheme: str, alpha: float, seed: int) -> Dataset:
+    """One node's share: IID (a shuffled equal split) or Dirichlet(alpha) label skew."""
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
+    rng = np.random.default_rng(seed)
+    if scheme == "iid":
+        shares = np.array_split(rng.permutation(len(data)), num_partitions)
+    elif scheme == "dirichlet":
+        shares = _dirichlet_shares(data.labels, num_partitions, alpha, rng)
+    else:
+        raise ValueError(f"unknown partitioning {scheme!r}")
+    return data.subset(np.sort(shares[partition_id]))
+
+
+def _dirichlet_shares(
+    labels: np.ndarray, num_partitions: int, alpha: float, rng: np.random.Generator
+) -> list[np.ndarray]:
+    """Per class, proportions drawn from Dir(alpha); redrawn until every node has data."""
+    for _ in range(100):
+        shares: list[list[int]] = [[] for _ in range(num_partitions)]
+        for label in np.unique(labels):
+            members = rng.permutation(np.flatnonzero(labels == label))
+            cuts = (np.cumsum(rng.dirichlet([alpha] * num_partitions))[:-1] * len(members)).astype(int)
+            for share, part in zip(shares, np.split(members, cuts), strict=True):
+                share.extend(part.tolist())
+        if min(len(share) for share in shares) >= MIN_PARTITION_SIZE:
+            return [np.array(share, dtype=np.int64) for share in shares]
+    raise ValueError(
+        f"Dirichlet(alpha={alpha}) left a node with fewer than {MIN_PARTITION_SIZE} samples "
+        "in 100 draws; use a larger alpha or fewer nodes"
+    )
+
+
+def train_validation_split(data: Dataset, validation_fraction: float, seed: int) -> tuple[Dataset, Dataset]:
+    order = np.random.default_rng(seed).permutation(len(data))
+    held_out = max(1, round(len(data) * validation_fraction))
+    return data.subset(np.sort(order[held_out:])), data.subset(np.sort(order[:held_out]))

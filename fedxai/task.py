@@ -1,0 +1,133 @@
+"""A task: one federated run's configuration, validated once at start.
+
+The defaults live in ``[tool.flwr.app.config]`` of ``pyproject.toml`` (Flower's
+run config, kebab-case keys); every value can be overridden on the command
+line. ``TaskConfig.from_run_config`` refuses unknown keys and bad values with a
+message naming them, so a typo fails before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from fedxai.errors import InvalidArgument
+from fedxai.settings import SettingsError, parse_address
+from fedxai.storage.layout import validate_id
+
+STRATEGIES = ("FedAvg",)
+OPTIMIZERS = ("sgd", "adam")
+PARTITIONINGS = ("iid", "dirichlet")
+# Run-config names of the CAM methods, as proto enum names.
+CAM_METHODS = {
+    "grad-cam": "CAM_METHOD_GRAD_CAM",
+    "grad-cam++": "CAM_METHOD_GRAD_CAM_PLUS_PLUS",
+    "hirescam": "CAM_METHOD_HIRES_CAM",
+    "xgrad-cam": "CAM_METHOD_XGRAD_CAM",
+    "layercam": "CAM_METHOD_LAYER_CAM",
+}
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    task_name: str = "xaitest"
+    xai_enabled: bool = True
+    strategy: str = "FedAvg"
+    num_server_rounds: int = 3
+    local_epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.01
+    optimizer: str = "sgd"
+    fraction_train: float = 1.0
+    min_train_nodes: int = 2
+    fraction_evaluate: float = 1.0
+    min_evaluate_nodes: int = 2
+    cam_method: str = "grad-cam"
+    samples_per_class: int = 4
+    explainer_address: str = "127.0.0.1:50051"
+    explainer_timeout: float = 10.0
+    architecture: str = "mnist_cnn"
+    data_dir: str = ""
+    max_samples: int = 0
+    partitioning: str = "iid"
+    dirichlet_alpha: float = 0.5
+    validation_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 42
+
+    @staticmethod
+    def key(field_name: str) -> str:
+        return field_name.replace("_", "-")
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> TaskConfig:
+        known = {cls.key(f.name): f for f in fields(cls)}
+        unknown = sorted(set(run_config) - set(known))
+        if unknown:
+            raise SettingsError(f"unknown task setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        values = {}
+        for key, value in run_config.items():
+            expected = known[key].type
+            values[known[key].name] = _coerce(key, value, expected)
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def to_run_config(self) -> dict[str, Any]:
+        return {self.key(name): value for name, value in dataclasses.asdict(self).items()}
+
+    def validate(self) -> None:
+        validate_id_setting("task-name", self.task_name)
+        _choice("strategy", self.strategy, STRATEGIES)
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("partitioning", self.partitioning, PARTITIONINGS)
+        _choice("cam-method", self.cam_method, tuple(CAM_METHODS))
+        for name in ("num-server-rounds", "local-epochs", "batch-size", "samples-per-class"):
+            if getattr(self, name.replace("-", "_")) < 1:
+                raise SettingsError(f"{name} must be at least 1")
+        for name in ("min-train-nodes", "min-evaluate-nodes", "max-samples"):
+            if getattr(self, name.replace("-", "_")) < 0:
+                raise SettingsError(f"{name} must not be negative")
+        for name in ("fraction-train", "fraction-evaluate"):
+            if not 0.0 <= getattr(self, name.replace("-", "_")) <= 1.0:
+                raise SettingsError(f"{name} must lie in [0, 1]")
+        for name in ("validation-fraction", "test-fraction"):
+            if not 0.0 < getattr(self, name.replace("-", "_")) < 1.0:
+                raise SettingsError(f"{name} must lie strictly between 0 and 1")
+        for name in ("learning-rate", "dirichlet-alpha", "explainer-timeout"):
+            if getattr(self, name.replace("-", "_")) <= 0:
+                raise SettingsError(f"{name} must be positive")
+        parse_address("explainer-address", self.explainer_address)
+        from fedxai.models import ARCHITECTURES  # torch is imported only when a task is checked
+
+        _choice("architecture", self.architecture, tuple(ARCHITECTURES))
+
+
+def validate_id_setting(name: str, value: str) -> None:
+    try:
+        validate_id(name, value)
+    except InvalidArgument as error:
+        raise SettingsError(str(error)) from None
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SettingsError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+
+
+def _coerce(key: str, value: Any, expected: Any) -> Any:
+    """Checks a TOML value against the field's type; ints are fine where floats are expected."""
+    if expected == "bool":
+        if isinstance(value, bool):
+            return value
+    elif expected == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif expected == "float":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif expected == "str" and isinstance(value, str):
+        return value
+    raise SettingsError(f"{key}={value!r} must be of type {expected}")

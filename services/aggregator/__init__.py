@@ -1,0 +1,1 @@
+"""The aggregator: a Flower ServerApp running FedAvg and recording every round."""

@@ -1,0 +1,1 @@
+"""The trainer: a Flower ClientApp that learns locally and asks the Explainer for heatmaps."""

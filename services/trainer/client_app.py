@@ -1,0 +1,128 @@
+"""The Flower ClientApp: local training, local evaluation, then explanations.
+
+Flower starts a fresh process per message, so nothing is kept in module state:
+the data split is recomputed (deterministically) and the outbox lives on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from fedxai import learning
+from fedxai.data import Dataset, load_pool, partition, train_validation_split
+from fedxai.models import ARCHITECTURES, Architecture
+from fedxai.settings import SettingsError
+from fedxai.task import CAM_METHODS, TaskConfig, validate_id_setting
+from services.trainer.explainer_link import Delivery, Outbox, build_request, deliver
+
+log = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+@dataclass(frozen=True)
+class Node:
+    """This SuperNode's identity, from its ``--node-config``."""
+
+    partition_id: int
+    num_partitions: int
+    client_id: str
+    state_dir: Path
+    data_dir: str
+
+    @classmethod
+    def from_node_config(cls, config: dict) -> Node:
+        try:
+            partition_id, num_partitions = int(config["partition-id"]), int(config["num-partitions"])
+        except KeyError as missing:
+            raise SettingsError(f"node config lacks {missing.args[0]}") from None
+        if not 0 <= partition_id < num_partitions:
+            raise SettingsError(f"partition-id {partition_id} is outside [0, num-partitions={num_partitions})")
+        client_id = str(config.get("client-id") or f"client-{partition_id}")
+        validate_id_setting("client-id", client_id)
+        state_dir = Path(str(config.get("state-dir") or Path.home() / ".cache" / "fedxai" / client_id))
+        return cls(partition_id, num_partitions, client_id, state_dir, str(config.get("data-dir", "")))
+
+
+def _setup(msg: Message, context: Context) -> tuple[TaskConfig, Node, Architecture, nn.Module, Dataset, Dataset]:
+    task = TaskConfig.from_run_config(context.run_config)
+    node = Node.from_node_config(dict(context.node_config))
+    arch = ARCHITECTURES[task.architecture]
+    pool = load_pool(node.data_dir or task.data_dir, task.test_fraction, task.seed, task.max_samples)
+    share = partition(
+        pool.federated,
+        node.partition_id,
+        node.num_partitions,
+        task.partitioning,
+        task.dirichlet_alpha,
+        task.seed,
+    )
+    train_data, validation = train_validation_split(share, task.validation_fraction, task.seed + node.partition_id)
+    model = arch.factory()
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    return task, node, arch, model, train_data, validation
+
+
+def _reply(msg: Message, node: Node, metrics: MetricRecord, arrays: ArrayRecord | None = None) -> Message:
+    content = RecordDict({"metrics": metrics, "client": ConfigRecord({"client-id": node.client_id})})
+    if arrays is not None:
+        content["arrays"] = arrays
+    return Message(content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    task, node, arch, model, train_data, _ = _setup(msg, context)
+    server_round = int(msg.content.config_records["config"]["server-round"])  # type: ignore[arg-type]
+    scores = learning.train(
+        model,
+        train_data,
+        arch,
+        epochs=task.local_epochs,
+        batch_size=task.batch_size,
+        learning_rate=task.learning_rate,
+        optimizer_name=task.optimizer,
+        seed=task.seed + 1000 * server_round + node.partition_id,
+    )
+    metrics = MetricRecord(
+        {"train-loss": scores.loss, "train-accuracy": scores.accuracy, "num-examples": scores.examples}
+    )
+    return _reply(msg, node, metrics, ArrayRecord(model.state_dict()))
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    task, node, arch, model, _, validation = _setup(msg, context)
+    server_round = int(msg.content.config_records["config"]["server-round"])  # type: ignore[arg-type]
+    scores = learning.evaluate(model, validation, arch)
+    delivery = Delivery()
+    if task.xai_enabled:
+        request = build_request(
+            task_id=task.task_name,
+            round_number=server_round,
+            client_id=node.client_id,
+            arch=arch,
+            model=model,
+            data=validation,
+            per_class=task.samples_per_class,
+            cam_method=CAM_METHODS[task.cam_method],
+        )
+        delivery = deliver(task.explainer_address, task.explainer_timeout, Outbox(node.state_dir / "outbox"), request)
+    metrics = MetricRecord(
+        {
+            "eval-loss": scores.loss,
+            "eval-accuracy": scores.accuracy,
+            "num-examples": scores.examples,
+            "xai-sent": delivery.sent,
+            "xai-stored": delivery.stored,
+            "xai-queued": delivery.queued,
+            "xai-rejected": delivery.rejected,
+        }
+    )
+    return _reply(msg, node, metrics)

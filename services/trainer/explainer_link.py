@@ -1,0 +1,148 @@
+"""Delivers explanation requests to the Explainer without ever holding up a round.
+
+Each call has a deadline. A request that cannot be delivered now is written to
+the node's outbox (serialized protobuf, never pickle) and sent again, oldest
+first, before the next one, or by ``fedxai run`` when the federation ends.
+Requests the Explainer refuses as malformed cannot succeed later: they move to
+``rejected/`` beside the reason, for a person to look at.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from torch import nn
+
+from fedxai.data import Dataset
+from fedxai.models import Architecture
+from fedxai.tensors import encode_state_dict, tensor_to_proto
+from fedxai.v1 import explainer_pb2 as pb
+from fedxai.v1 import explainer_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# Resending these cannot help.
+_PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED}
+
+
+@dataclass
+class Delivery:
+    sent: int = 0  # requests the Explainer accepted
+    stored: int = 0  # images it stored for them
+    queued: int = 0  # requests waiting in the outbox afterwards
+    rejected: int = 0  # requests refused as malformed, moved aside
+
+
+class Outbox:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def add(self, request: pb.ExplainRequest) -> Path:
+        """Writes the request atomically; names sort by task, round and client."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{request.task_id}-round-{request.round:03d}-{request.client_id}.pb"
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(request.SerializeToString())
+        path = self.directory / name
+        os.replace(tmp, path)
+        return path
+
+    def pending(self) -> list[Path]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(p for p in self.directory.glob("*.pb") if p.is_file())
+
+    def reject(self, path: Path, reason: str) -> None:
+        rejected = self.directory / "rejected"
+        rejected.mkdir(exist_ok=True)
+        os.replace(path, rejected / path.name)
+        (rejected / f"{path.name}.reason.txt").write_text(reason + "\n")
+
+
+def _backlog(outbox: Outbox, request: pb.ExplainRequest | None) -> Iterator[tuple[Path | None, pb.ExplainRequest]]:
+    for path in outbox.pending():
+        yield path, pb.ExplainRequest.FromString(path.read_bytes())
+    if request is not None:
+        yield None, request
+
+
+def deliver(address: str, timeout: float, outbox: Outbox, request: pb.ExplainRequest | None = None) -> Delivery:
+    """Sends what the outbox holds, oldest first, then ``request``.
+
+    Stops at the first transient failure; ``request`` is queued unless it was
+    delivered or refused.
+    """
+    result = Delivery()
+    undelivered = request
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    with grpc.insecure_channel(address, options=options) as channel:
+        stub = pb_grpc.ExplainerStub(channel)
+        for path, message in _backlog(outbox, request):
+            name = path.name if path else f"round {message.round}"
+            try:
+                response = stub.Explain(message, timeout=timeout)
+            except grpc.RpcError as error:
+                code, details = error.code(), error.details()
+                if code not in _PERMANENT:
+                    log.warning("explainer unavailable (%s: %s); %s stays queued", code.name, details, name)
+                    break
+                log.error("explainer refused %s: %s: %s", name, code.name, details)
+                outbox.reject(path or outbox.add(message), f"{code.name}: {details}")
+                result.rejected += 1
+            else:
+                result.sent += 1
+                result.stored += len(response.images)
+                if path is not None:
+                    path.unlink()
+            if path is None:
+                undelivered = None
+    if undelivered is not None:
+        outbox.add(undelivered)
+    result.queued = len(outbox.pending())
+    return result
+
+
+def samples_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
+    """Indices of the first ``per_class`` samples of every class present: the same
+    samples every round, so heatmaps can be compared across rounds."""
+    return np.sort(np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in np.unique(labels)]))
+
+
+def build_request(
+    *,
+    task_id: str,
+    round_number: int,
+    client_id: str,
+    arch: Architecture,
+    model: nn.Module,
+    data: Dataset,
+    per_class: int,
+    cam_method: str,
+) -> pb.ExplainRequest:
+    chosen = samples_per_class(data.labels, per_class)
+    return pb.ExplainRequest(
+        task_id=task_id,
+        round=round_number,
+        client_id=client_id,
+        inline_model=pb.InlineModel(
+            architecture=arch.name,
+            safetensors=encode_state_dict(model.state_dict(), {"architecture": arch.name}),
+        ),
+        tensor=tensor_to_proto(np.ascontiguousarray(data.images[chosen][:, None])),
+        labels=data.labels[chosen].tolist(),
+        normalization=pb.Normalization(mean=arch.mean, std=arch.std),
+        method=pb.CamMethod.Value(cam_method),
+        store=True,
+    )

@@ -1,0 +1,112 @@
+"""The trainer's side of the Explainer: deadlines, the outbox, and nothing lost."""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+
+from fedxai.data import Dataset
+from fedxai.models import ARCHITECTURES
+from fedxai.v1 import explainer_pb2 as pb
+from fedxai.v1 import explainer_pb2_grpc as pb_grpc
+from services.trainer.explainer_link import Outbox, build_request, deliver, samples_per_class
+from tests.conftest import free_port
+
+ARCH = ARCHITECTURES["mnist_cnn"]
+
+
+@pytest.fixture
+def validation(mnist) -> Dataset:
+    images, labels = mnist
+    return Dataset(images[:200], labels[:200])
+
+
+def request_for(round_number: int, model, validation: Dataset, per_class: int = 2) -> pb.ExplainRequest:
+    return build_request(
+        task_id="xaitest",
+        round_number=round_number,
+        client_id="client-0",
+        arch=ARCH,
+        model=model,
+        data=validation,
+        per_class=per_class,
+        cam_method="CAM_METHOD_GRAD_CAM",
+    )
+
+
+def test_samples_per_class_takes_the_first_of_each_class():
+    labels = np.array([3, 1, 3, 1, 3, 2])
+    assert samples_per_class(labels, 2).tolist() == [0, 1, 2, 3, 5]
+
+
+def test_request_carries_samples_of_every_class_and_safetensors_weights(trained_mnist_cnn, validation):
+    request = request_for(4, trained_mnist_cnn, validation, per_class=3)
+    assert (request.task_id, request.round, request.client_id, request.store) == ("xaitest", 4, "client-0", True)
+    assert list(request.tensor.shape) == [30, 1, 28, 28]
+    assert sorted(set(request.labels)) == list(range(10))
+    assert request.inline_model.safetensors[8:].startswith(b'{"__metadata__":{"architecture":"mnist_cnn"}')
+
+
+def test_delivered_when_the_explainer_is_up(explainer, local_store, trained_mnist_cnn, validation, tmp_path):
+    outbox = Outbox(tmp_path / "outbox")
+    delivery = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, request_for(1, trained_mnist_cnn, validation))
+    assert (delivery.sent, delivery.stored, delivery.queued, delivery.rejected) == (1, 10, 0, 0)
+    assert local_store.exists("xaitest/round-001/client-0/gradcam_class_9.jpg")
+    assert outbox.pending() == []
+
+
+def test_queued_while_down_then_delivered_oldest_first(explainer, local_store, trained_mnist_cnn, validation, tmp_path):
+    outbox = Outbox(tmp_path / "outbox")
+    first = request_for(1, trained_mnist_cnn, validation)
+    down = deliver(f"127.0.0.1:{free_port()}", 5, outbox, first)
+    assert (down.sent, down.queued) == (0, 1)
+    (queued,) = outbox.pending()
+    assert pb.ExplainRequest.FromString(queued.read_bytes()) == first  # protobuf on disk, not pickle
+
+    up = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, request_for(2, trained_mnist_cnn, validation))
+    assert (up.sent, up.stored, up.queued) == (2, 20, 0)
+    manifests = [info.key for info in local_store.list("xaitest/") if info.key.endswith("explanations.json")]
+    assert manifests == [
+        "xaitest/round-001/client-0/explanations.json",
+        "xaitest/round-002/client-0/explanations.json",
+    ]
+
+
+def test_malformed_request_is_set_aside_with_the_reason(explainer, trained_mnist_cnn, validation, tmp_path):
+    outbox = Outbox(tmp_path / "outbox")
+    bad = request_for(1, trained_mnist_cnn, validation)
+    bad.labels.append(3)
+    delivery = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, bad)
+    assert (delivery.sent, delivery.queued, delivery.rejected) == (0, 0, 1)
+    reason = (tmp_path / "outbox" / "rejected" / "xaitest-round-001-client-0.pb.reason.txt").read_text()
+    assert "INVALID_ARGUMENT: labels: 21 labels for 20 samples" in reason
+
+
+class _Stalling(pb_grpc.ExplainerServicer):
+    def __init__(self, release: threading.Event) -> None:
+        self.release = release
+
+    def Explain(self, request, context):  # noqa: N802
+        self.release.wait(10)
+        return pb.ExplainResponse()
+
+
+def test_a_stalled_explainer_costs_at_most_the_deadline(trained_mnist_cnn, validation, tmp_path):
+    release = threading.Event()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2), options=[("grpc.max_receive_message_length", 64 << 20)]
+    )
+    pb_grpc.add_ExplainerServicer_to_server(_Stalling(release), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        outbox = Outbox(tmp_path / "outbox")
+        delivery = deliver(f"127.0.0.1:{port}", 0.5, outbox, request_for(1, trained_mnist_cnn, validation))
+        assert (delivery.sent, delivery.queued) == (0, 1)
+    finally:
+        release.set()
+        server.stop(None)

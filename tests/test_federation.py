@@ -1,0 +1,179 @@
+"""The whole system through `fedxai run`: real Flower SuperLink and SuperNodes,
+a real Explainer, real MNIST; small enough for CI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MNIST_DIR, free_port
+from tests.helpers import decode_jpeg
+
+pytestmark = pytest.mark.slow
+
+FEDXAI = str(Path(sys.executable).with_name("fedxai"))
+RUN_TIMEOUT = 600
+
+
+def fedxai_run(tmp_path: Path, *args: str) -> list[str]:
+    return [
+        FEDXAI, "run", "--clients", "2", "--rounds", "2", "--data-dir", str(MNIST_DIR),
+        "--output-dir", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work"),
+        "--set", "max-samples=2000", *args,
+    ]  # fmt: skip
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("FEDXAI_", "FLWR_"))}
+
+
+def flower_processes(work: Path) -> list[int]:
+    """Processes started for the run in ``work``: they all carry its FLWR_HOME."""
+    marker = f"FLWR_HOME={work / 'flwr'}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def wait_until_gone(work: Path, timeout: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := flower_processes(work)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+def metrics(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "out" / "xaitest" / "metrics.json").read_text())
+
+
+def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        fedxai_run(tmp_path, "--explainer-address", address),
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "round 1/2  global accuracy" in result.stdout
+    assert "round 2/2  global accuracy" in result.stdout
+    assert "done: 2 rounds" in result.stdout
+
+    out = tmp_path / "out" / "xaitest"
+    for round_dir in ("round-001", "round-002"):
+        assert (out / round_dir / "global_model.safetensors").is_file()
+        for client in ("client-0", "client-1"):
+            manifest = json.loads((out / round_dir / client / "explanations.json").read_text())
+            labels = [entry["label"] for entry in manifest["images"]]
+            assert labels == list(range(10)), "every class in the samples has its image"
+            for label in labels:
+                picture = decode_jpeg((out / round_dir / client / f"gradcam_class_{label}.jpg").read_bytes())
+                assert picture.shape[1] > 3 * picture.shape[0] / 2  # three panels side by side
+
+    document = metrics(tmp_path)
+    assert document["status"] == "finished"
+    accuracy = [entry["global"]["accuracy"] for entry in document["rounds"]]
+    assert [entry["round"] for entry in document["rounds"]] == [0, 1, 2]
+    assert accuracy[0] < accuracy[1] < accuracy[2], accuracy
+    for entry in document["rounds"][1:]:
+        assert set(entry["clients"]) == {"client-0", "client-1"}
+        assert entry["xai"] == {"sent": 2, "stored": 20, "queued": 0, "rejected": 0}
+        assert 0 < entry["evaluate"]["eval-accuracy"] <= 1
+        assert entry["checkpoint"] == f"xaitest/round-{entry['round']:03d}/global_model.safetensors"
+    assert wait_until_gone(tmp_path / "work") == []
+
+
+def test_explainer_down_in_the_first_round_loses_nothing(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+    run = subprocess.Popen(
+        fedxai_run(tmp_path, "--explainer-address", address, "--external-explainer"),
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    explainer = None
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:
+            if line.startswith("round 1/2"):
+                break
+        else:
+            pytest.fail(f"the run ended before round 1: rc={run.wait()}")
+        # Round 1 is recorded after its evaluation: its explanations could not be delivered.
+        assert metrics(tmp_path)["rounds"][1]["xai"] == {"sent": 0, "stored": 0, "queued": 2, "rejected": 0}
+        explainer = subprocess.Popen(
+            [FEDXAI, "explainer", "--address", address],
+            env={**clean_env(), "FEDXAI_OUTPUT_DIR": str(tmp_path / "out")},
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        rest = run.communicate(timeout=RUN_TIMEOUT)[0]
+    finally:
+        run.kill()
+        if explainer is not None:
+            explainer.terminate()
+            explainer.wait(timeout=30)
+    assert run.returncode == 0, rest
+    round_2 = metrics(tmp_path)["rounds"][2]["xai"]
+    assert round_2 == {"sent": 4, "stored": 40, "queued": 0, "rejected": 0}
+    out = tmp_path / "out" / "xaitest"
+    for round_dir in ("round-001", "round-002"):
+        for client in ("client-0", "client-1"):
+            images = sorted(p.name for p in (out / round_dir / client).glob("gradcam_class_*.jpg"))
+            assert len(images) == 10, (round_dir, client, images)
+    assert list((tmp_path / "work" / "nodes").rglob("*.pb")) == []
+
+
+def test_ctrl_c_stops_every_process(tmp_path):
+    run = subprocess.Popen(
+        fedxai_run(tmp_path, "--explainer-address", f"127.0.0.1:{free_port()}"),
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:
+            if "supernodes started" in line:
+                break
+        time.sleep(3)  # let the run get going
+        assert flower_processes(tmp_path / "work"), "the run should have Flower processes by now"
+        run.send_signal(signal.SIGINT)
+        output = run.communicate(timeout=60)[0]
+    finally:
+        run.kill()
+    assert run.returncode == 130, output
+    assert "interrupted" in output
+    assert wait_until_gone(tmp_path / "work") == []
+
+
+def test_refusals_before_anything_starts(tmp_path):
+    def refused(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            fedxai_run(tmp_path, *args), cwd=tmp_path, env=clean_env(),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = refused("--explainer-address", address)
+    assert result.returncode == 2
+    assert f"explainer-address {address} is in use" in result.stderr
+
+    result = refused("--data-dir", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+
+    result = refused("--set", "local-epoch=2")
+    assert result.returncode == 2
+    assert "unknown task setting 'local-epoch'" in result.stderr
+    assert not (tmp_path / "work").exists(), "nothing may start for a refused run"
