@@ -2,10 +2,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STORE ?= outputs
+# Offline? Point DATA_DIR at MNIST IDX files: make run DATA_DIR=path/to/mnist
+DATA_DIR ?=
+ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint protos bench clean
+.PHONY: help install run explainer test lint protos bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -18,8 +20,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv with the project and its dev tools
 
-run: install ## serve the explainer on 127.0.0.1:50051, images under ./outputs
-	FEDXAI_OUTPUT_DIR=$(STORE) $(BIN)/fedxai explainer
+run: install ## train with XAI: explainer, SuperLink, 2 trainers; images under ./outputs
+	$(BIN)/fedxai run $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(ARGS)
+
+explainer: install ## serve only the explainer on 127.0.0.1:50051
+	$(BIN)/fedxai explainer
 
 test: install lint ## lint, then run the whole test suite
 	$(BIN)/pytest
@@ -33,9 +38,10 @@ protos: install ## regenerate fedxai/v1 from protos/ (tests fail when they drift
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. \
 		protos/fedxai/v1/*.proto
 
-bench: install ## print the explainer benchmark figures
+bench: install ## print the benchmark figures (explainer, then federation)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/explainer_bench.py
+	$(BIN)/python benchmarks/federation_bench.py --accuracy $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
-clean: ## remove the venv and caches
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+clean: ## remove the venv, caches and run state (not ./outputs)
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .fedxai

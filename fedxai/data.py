@@ -74,7 +74,13 @@ def _download(cache: Path) -> dict[str, Dataset]:
 
     found = {}
     for split, train in (("train", True), ("test", False)):
-        mnist = MNIST(root=str(cache), train=train, download=True)
+        try:
+            mnist = MNIST(root=str(cache), train=train, download=True)
+        except RuntimeError as error:  # torchvision's "Error downloading ..."
+            raise FileNotFoundError(
+                f"MNIST is not cached in {cache} and could not be downloaded ({error}); "
+                "pass a data-dir holding the IDX files"
+            ) from None
         found[split] = Dataset(mnist.data.numpy(), mnist.targets.numpy().astype(np.int64))
     return found
 

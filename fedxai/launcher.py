@@ -24,6 +24,7 @@ from typing import Any, TextIO
 
 import tomli_w
 
+from fedxai.data import load_pool
 from fedxai.errors import ObjectNotFound
 from fedxai.settings import SettingsError, StorageSettings, parse_address
 from fedxai.storage import ObjectStore, open_store
@@ -229,7 +230,7 @@ def _describe_round(entry: dict[str, Any], rounds: int) -> str:
     )
 
 
-def _flower_env(base: Mapping[str, str], flwr_home: Path, storage_env: Mapping[str, str]) -> dict[str, str]:
+def flower_env(base: Mapping[str, str], flwr_home: Path, storage_env: Mapping[str, str]) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     return {
         **base,
@@ -267,13 +268,10 @@ def preflight(options: RunOptions) -> None:
             f"--clients {options.clients} is below min-train-nodes={task.min_train_nodes} / "
             f"min-evaluate-nodes={task.min_evaluate_nodes}: the run would wait forever"
         )
-    if task.data_dir and not Path(task.data_dir).is_dir():
-        raise SettingsError(f"data directory {task.data_dir} does not exist")
-    if task.data_dir:
-        from fedxai.mnist import available_splits
-
-        if not available_splits(Path(task.data_dir)):
-            raise SettingsError(f"data directory {task.data_dir} holds no MNIST IDX files")
+    try:  # reads the files, or downloads them once here rather than in every node
+        load_pool(task.data_dir, task.test_fraction, task.seed, task.max_samples)
+    except (FileNotFoundError, ValueError) as error:
+        raise SettingsError(str(error)) from None
     if options.start_explainer:
         host, port = parse_address("explainer-address", task.explainer_address)
         if not _port_is_free(host, port):
@@ -283,6 +281,68 @@ def preflight(options: RunOptions) -> None:
             )
 
 
+@dataclass(frozen=True)
+class Federation:
+    """A running SuperLink with its SuperNodes, ready for ``flwr run``."""
+
+    env: dict[str, str]
+    node_dirs: list[Path]
+
+    def submit(self, children: Children, name: str, app_dir: Path, run_config: dict[str, Any]) -> None:
+        """Starts ``flwr run`` for the app; its log streams to ``<name>.log``."""
+        config_file = children.log_dir.parent / f"{name}-config.toml"
+        config_file.write_text(tomli_w.dumps(run_config))
+        children.start(
+            name, ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(config_file)], self.env
+        )
+
+
+def start_federation(children: Children, work: Path, clients: int, env: dict[str, str]) -> Federation:
+    """A SuperLink and one SuperNode per client on loopback ports, plus the
+    ``flwr`` connection to them in ``$FLWR_HOME/config.toml``."""
+    superlink_port = _free_port()
+    children.start(
+        "superlink",
+        [
+            "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(superlink_port),
+            "--disable-runtime-dependency-installation", "--database", str(work / "superlink.db"),
+        ],
+        env,
+        cwd=work,
+    )  # fmt: skip
+    _wait_for_port(superlink_port, children, "superlink")
+    # The trainers share this machine's cores: more torch threads than cores
+    # make every one of them wait on the others. A value the user set wins.
+    threads = env.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // clients))
+    node_env = {**env, "OMP_NUM_THREADS": threads}
+    node_dirs = []
+    for partition_id in range(clients):
+        node_dir = work / "nodes" / f"client-{partition_id}"
+        node_dir.mkdir(parents=True, exist_ok=True)
+        node_dirs.append(node_dir)
+        node_config = f"partition-id={partition_id} num-partitions={clients} state-dir={json.dumps(str(node_dir))}"
+        children.start(
+            f"supernode-{partition_id}",
+            [
+                "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
+                "--host", "127.0.0.1", "--port", str(_free_port()), "--node-config", node_config,
+            ],
+            node_env,
+            cwd=node_dir,
+        )  # fmt: skip
+    flwr_home = Path(env["FLWR_HOME"])
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    connection = {"address": f"127.0.0.1:{superlink_port}", "insecure": True}
+    flower_config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
+    (flwr_home / "config.toml").write_text(tomli_w.dumps(flower_config))
+    return Federation(env, node_dirs)
+
+
+def start_explainer(children: Children, address: str, env: Mapping[str, str]) -> None:
+    children.start("explainer", [sys.executable, "-m", "fedxai.cli", "explainer", "--address", address], env)
+    _wait_for_explainer(address, children)
+
+
 def run_federation(options: RunOptions, base_env: Mapping[str, str], out: TextIO) -> dict[str, Any]:
     """Runs the federation to the end; returns the final metrics document."""
     preflight(options)
@@ -290,12 +350,9 @@ def run_federation(options: RunOptions, base_env: Mapping[str, str], out: TextIO
     store = open_store(options.storage)
     store.check()
     work = options.work_dir.resolve()
-    log_dir = work / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    flwr_home = work / "flwr"
+    children = Children(work / "logs")
+    children.log_dir.mkdir(parents=True, exist_ok=True)
     storage_env = storage_environment(options.storage)
-    env = _flower_env(base_env, flwr_home, storage_env)
-    children = Children(log_dir)
     started = datetime.now(UTC).isoformat(timespec="seconds")
     where = (
         f"s3://{options.storage.s3.bucket} at {options.storage.s3.endpoint}"
@@ -305,63 +362,18 @@ def run_federation(options: RunOptions, base_env: Mapping[str, str], out: TextIO
     say(
         out,
         f"FedXAI: task {task.task_name}, {options.clients} clients, {task.num_server_rounds} rounds, "
-        f"XAI {'on' if task.xai_enabled else 'off'}, storage {where}; logs in {log_dir}/",
+        f"XAI {'on' if task.xai_enabled else 'off'}, storage {where}; logs in {children.log_dir}/",
     )
     try:
         if options.start_explainer:
-            children.start(
-                "explainer",
-                [sys.executable, "-m", "fedxai.cli", "explainer", "--address", task.explainer_address],
-                {**base_env, **storage_env},
-            )
-            _wait_for_explainer(task.explainer_address, children)
+            start_explainer(children, task.explainer_address, {**base_env, **storage_env})
             say(out, f"explainer ready on {task.explainer_address}")
-
-        superlink_port = _free_port()
-        children.start(
-            "superlink",
-            [
-                "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(superlink_port),
-                "--disable-runtime-dependency-installation", "--database", str(work / "superlink.db"),
-            ],
-            env,
-            cwd=work,
-        )  # fmt: skip
-        _wait_for_port(superlink_port, children, "superlink")
-        node_dirs = []
-        for partition_id in range(options.clients):
-            node_dir = work / "nodes" / f"client-{partition_id}"
-            node_dir.mkdir(parents=True, exist_ok=True)
-            node_dirs.append(node_dir)
-            node_config = (
-                f"partition-id={partition_id} num-partitions={options.clients} state-dir={json.dumps(str(node_dir))}"
-            )
-            children.start(
-                f"supernode-{partition_id}",
-                [
-                    "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
-                    "--host", "127.0.0.1", "--port", str(_free_port()), "--node-config", node_config,
-                ],
-                env,
-                cwd=node_dir,
-            )  # fmt: skip
+        federation = start_federation(children, work, options.clients, flower_env(base_env, work / "flwr", storage_env))
         say(out, f"superlink and {options.clients} supernodes started")
-
-        flwr_home.mkdir(parents=True, exist_ok=True)
-        connection = {"address": f"127.0.0.1:{superlink_port}", "insecure": True}
-        (flwr_home / "config.toml").write_text(
-            tomli_w.dumps({"superlink": {"default": CONNECTION, CONNECTION: connection}})
-        )
-        run_config = work / "run-config.toml"
-        run_config.write_text(tomli_w.dumps(task.to_run_config()))
-        children.start(
-            "flwr-run",
-            ["flwr", "run", str(options.app_dir), CONNECTION, "--stream", "--run-config", str(run_config)],
-            env,
-        )
+        federation.submit(children, "flwr-run", options.app_dir, task.to_run_config())
         document = _follow(children, store, task, started, out)
         if task.xai_enabled:
-            _flush_outboxes(node_dirs, task, out)
+            _flush_outboxes(federation.node_dirs, task, out)
         return document
     finally:
         children.stop_all()

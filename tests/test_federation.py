@@ -171,9 +171,45 @@ def test_refusals_before_anything_starts(tmp_path):
 
     result = refused("--data-dir", str(tmp_path / "nowhere"))
     assert result.returncode == 2
-    assert "does not exist" in result.stderr
+    assert f"data-dir {tmp_path / 'nowhere'}: no MNIST IDX files" in result.stderr
 
     result = refused("--set", "local-epoch=2")
     assert result.returncode == 2
     assert "unknown task setting 'local-epoch'" in result.stderr
     assert not (tmp_path / "work").exists(), "nothing may start for a refused run"
+
+
+def test_runs_on_s3_storage(tmp_path, nanio_endpoint):
+    from minio import Minio
+
+    from tests.conftest import NANIO_ACCESS_KEY, NANIO_SECRET_KEY
+
+    env = {
+        **clean_env(),
+        "FEDXAI_S3_ENDPOINT": nanio_endpoint,
+        "FEDXAI_S3_ACCESS_KEY": NANIO_ACCESS_KEY,
+        "FEDXAI_S3_SECRET_KEY": NANIO_SECRET_KEY,
+        "FEDXAI_S3_BUCKET": "fedxai-run",
+    }
+    command = fedxai_run(tmp_path, "--explainer-address", f"127.0.0.1:{free_port()}")
+    command[command.index("--rounds") + 1] = "1"
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "storage s3://fedxai-run" in result.stdout
+    assert not (tmp_path / "out").exists(), "nothing goes to the local folder"
+
+    client = Minio(nanio_endpoint, access_key=NANIO_ACCESS_KEY, secret_key=NANIO_SECRET_KEY, secure=False)
+    keys = {o.object_name for o in client.list_objects(bucket_name="fedxai-run", prefix="xaitest/", recursive=True)}
+    for client_id in ("client-0", "client-1"):
+        assert {f"xaitest/round-001/{client_id}/gradcam_class_{c}.jpg" for c in range(10)} <= keys
+    assert "xaitest/round-001/global_model.safetensors" in keys
+    response = client.get_object(bucket_name="fedxai-run", object_name="xaitest/metrics.json")
+    try:
+        document = json.loads(response.read())
+    finally:
+        response.close()
+        response.release_conn()
+    assert document["status"] == "finished"
+    assert document["rounds"][1]["xai"]["stored"] == 20

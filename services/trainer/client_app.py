@@ -6,7 +6,7 @@ the data split is recomputed (deterministically) and the outbox lives on disk.
 
 from __future__ import annotations
 
-import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +20,6 @@ from fedxai.models import ARCHITECTURES, Architecture
 from fedxai.settings import SettingsError
 from fedxai.task import CAM_METHODS, TaskConfig, validate_id_setting
 from services.trainer.explainer_link import Delivery, Outbox, build_request, deliver
-
-log = logging.getLogger(__name__)
 
 app = ClientApp()
 
@@ -80,6 +78,7 @@ def _reply(msg: Message, node: Node, metrics: MetricRecord, arrays: ArrayRecord 
 def train(msg: Message, context: Context) -> Message:
     task, node, arch, model, train_data, _ = _setup(msg, context)
     server_round = int(msg.content.config_records["config"]["server-round"])  # type: ignore[arg-type]
+    started = time.perf_counter()
     scores = learning.train(
         model,
         train_data,
@@ -91,7 +90,12 @@ def train(msg: Message, context: Context) -> Message:
         seed=task.seed + 1000 * server_round + node.partition_id,
     )
     metrics = MetricRecord(
-        {"train-loss": scores.loss, "train-accuracy": scores.accuracy, "num-examples": scores.examples}
+        {
+            "train-loss": scores.loss,
+            "train-accuracy": scores.accuracy,
+            "num-examples": scores.examples,
+            "train-seconds": time.perf_counter() - started,
+        }
     )
     return _reply(msg, node, metrics, ArrayRecord(model.state_dict()))
 
@@ -100,7 +104,9 @@ def train(msg: Message, context: Context) -> Message:
 def evaluate(msg: Message, context: Context) -> Message:
     task, node, arch, model, _, validation = _setup(msg, context)
     server_round = int(msg.content.config_records["config"]["server-round"])  # type: ignore[arg-type]
+    started = time.perf_counter()
     scores = learning.evaluate(model, validation, arch)
+    evaluated = time.perf_counter()
     delivery = Delivery()
     if task.xai_enabled:
         request = build_request(
@@ -123,6 +129,8 @@ def evaluate(msg: Message, context: Context) -> Message:
             "xai-stored": delivery.stored,
             "xai-queued": delivery.queued,
             "xai-rejected": delivery.rejected,
+            "eval-seconds": evaluated - started,
+            "xai-seconds": time.perf_counter() - evaluated,
         }
     )
     return _reply(msg, node, metrics)

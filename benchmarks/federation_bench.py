@@ -1,0 +1,194 @@
+"""Federation benchmark: round time against a bare Flower app and the clients'
+compute, the cost of XAI, and accuracy against central training.
+
+    python benchmarks/federation_bench.py [--rounds 3] [--repeats 2] [--accuracy]
+
+One SuperLink and one set of SuperNodes serve every variant; the variants take
+turns within each repetition, so that load on the machine hits them alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedxai import learning
+from fedxai.data import load_pool, partition, train_validation_split
+from fedxai.launcher import Children, default_app_dir, flower_env, start_explainer, start_federation
+from fedxai.models import ARCHITECTURES
+from fedxai.storage import LocalStore
+from fedxai.task import TaskConfig
+
+BARE_APP = Path(__file__).resolve().parent / "bare_flower_app"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def out(line: str = "") -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def run_variant(children: Children, federation, name: str, app_dir: Path, config: dict[str, Any]) -> None:
+    federation.submit(children, name, app_dir, config)
+    if children.processes[name].wait() != 0:
+        raise RuntimeError(f"{name} failed:\n{children.tail(name, 30)}")
+
+
+def ours_rounds(store: LocalStore, task: str) -> list[dict[str, Any]]:
+    document = json.loads(store.get(f"{task}/metrics.json"))
+    if document["status"] != "finished":
+        raise RuntimeError(f"{task} did not finish")
+    return [entry for entry in document["rounds"] if entry["round"] > 0]
+
+
+def client_seconds(entry: dict[str, Any]) -> tuple[float, float, float]:
+    """The slowest client's train, evaluate and XAI seconds in a round (clients run in parallel)."""
+    clients = entry["clients"].values() if "clients" in entry else []
+    if not clients:  # the bare app reports aggregated means only
+        return entry["train"]["train-seconds"], entry["evaluate"]["eval-seconds"], 0.0
+    return (
+        max(c["train"]["train-seconds"] for c in clients),
+        max(c["evaluate"]["eval-seconds"] for c in clients),
+        max(c["evaluate"].get("xai-seconds", 0.0) for c in clients),
+    )
+
+
+def bench_rounds(args: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
+    out_dir = work / "out"
+    store = LocalStore(out_dir)
+    storage_env = {"FEDXAI_OUTPUT_DIR": str(out_dir)}
+    children = Children(work / "logs")
+    children.log_dir.mkdir(parents=True, exist_ok=True)
+    explainer = f"127.0.0.1:{args.explainer_port}"
+    common = {"num-server-rounds": args.rounds, "data-dir": str(args.data_dir), "max-samples": args.max_samples}
+    rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "xai-off": [], "xai-on": []}
+    try:
+        start_explainer(children, explainer, {**env, **storage_env})
+        federation = start_federation(children, work, args.clients, flower_env(env, work / "flwr", storage_env))
+        for repeat in range(args.repeats):
+            for variant in rounds:
+                name = f"bench-{variant}-{repeat}"
+                started = time.monotonic()
+                if variant == "bare":
+                    timing = work / f"{name}.json"
+                    run_variant(children, federation, name, BARE_APP, {**common, "timing-file": str(timing)})
+                    rounds[variant] += json.loads(timing.read_text())
+                else:
+                    task = TaskConfig(
+                        task_name=name,
+                        xai_enabled=variant == "xai-on",
+                        explainer_address=explainer,
+                        num_server_rounds=args.rounds,
+                        data_dir=str(args.data_dir),
+                        max_samples=args.max_samples,
+                    )
+                    run_variant(children, federation, name, default_app_dir(), task.to_run_config())
+                    rounds[variant] += ours_rounds(store, name)
+                out(f"  {name}: {time.monotonic() - started:.1f} s")
+    finally:
+        children.stop_all()
+
+    out()
+    out(f"{args.clients} clients, {args.rounds} rounds x {args.repeats} repeats, {args.max_samples or 'all'} samples")
+    out("variant  | round s (median) | vs bare | vs xai-off | slowest client: train s  eval s  xai s | not compute")
+    bare = statistics.median(r["seconds"] for r in rounds["bare"])
+    off = statistics.median(r["seconds"] for r in rounds["xai-off"])
+    for variant, entries in rounds.items():
+        seconds = statistics.median(r["seconds"] for r in entries)
+        train, evaluate, xai = (statistics.median(values) for values in zip(*map(client_seconds, entries), strict=True))
+        out(
+            f"{variant:8} | {seconds:16.2f} | {seconds / bare:6.3f}x | {seconds / off:9.3f}x | "
+            f"{train:24.2f} {evaluate:7.2f} {xai:6.2f} | {seconds - train - evaluate - xai:.2f} s"
+        )
+    out("targets: xai-on <= 1.10x bare; xai-on <= 1.05x xai-off")
+
+
+def bench_accuracy(args: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
+    """3 IID clients, 5 rounds on the 10,000-image split, against the same CNN
+    trained centrally on the union of the clients' training data for as many epochs."""
+    clients, rounds = 3, 5
+    task = TaskConfig(
+        task_name="bench-accuracy",
+        num_server_rounds=rounds,
+        data_dir=str(args.data_dir),
+        explainer_address=f"127.0.0.1:{args.explainer_port}",
+        min_train_nodes=clients,
+        min_evaluate_nodes=clients,
+    )
+    out_dir = work / "out"
+    storage_env = {"FEDXAI_OUTPUT_DIR": str(out_dir)}
+    children = Children(work / "logs")
+    children.log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        start_explainer(children, task.explainer_address, {**env, **storage_env})
+        federation = start_federation(children, work, clients, flower_env(env, work / "flwr", storage_env))
+        run_variant(children, federation, "bench-accuracy", default_app_dir(), task.to_run_config())
+    finally:
+        children.stop_all()
+    federated = ours_rounds(LocalStore(out_dir), task.task_name)[-1]["global"]["accuracy"]
+    out(f"federated run: {time.monotonic() - started:.0f} s")
+
+    arch = ARCHITECTURES[task.architecture]
+    pool = load_pool(task.data_dir, task.test_fraction, task.seed)
+    shares = [
+        train_validation_split(
+            partition(pool.federated, i, clients, "iid", task.dirichlet_alpha, task.seed),
+            task.validation_fraction,
+            task.seed + i,
+        )[0]
+        for i in range(clients)
+    ]
+    union = type(shares[0])(np.concatenate([s.images for s in shares]), np.concatenate([s.labels for s in shares]))
+    torch.manual_seed(task.seed)
+    model = arch.factory()
+    learning.train(
+        model,
+        union,
+        arch,
+        epochs=rounds * task.local_epochs,
+        batch_size=task.batch_size,
+        learning_rate=task.learning_rate,
+        optimizer_name=task.optimizer,
+        seed=task.seed,
+    )
+    central = learning.evaluate(model, pool.test, arch).accuracy
+    out(f"test set: {len(pool.test)} images; clients' training data: {len(union)} images")
+    out(f"federated ({clients} IID clients, {rounds} rounds x {task.local_epochs} epoch): {federated:.2%}")
+    out(f"central ({rounds * task.local_epochs} epochs on the same data):             {central:.2%}")
+    out(f"gap: {(central - federated) * 100:.2f} percentage points (target: within 1.5)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--max-samples", type=int, default=4000, help="cap on the pool for the round benchmark")
+    parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "mnist")
+    parser.add_argument("--explainer-port", type=int, default=50071)
+    parser.add_argument("--accuracy", action="store_true", help="also run the accuracy comparison (~5 min)")
+    parser.add_argument("--skip-rounds", action="store_true", help="only the accuracy comparison")
+    args = parser.parse_args()
+    args.data_dir = args.data_dir.resolve()
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory(prefix="fedxai-bench-") as tmp:
+        if not args.skip_rounds:
+            bench_rounds(args, Path(tmp) / "rounds", env)
+        if args.accuracy:
+            out()
+            bench_accuracy(args, Path(tmp) / "accuracy", env)
+
+
+if __name__ == "__main__":
+    main()
