@@ -7,6 +7,8 @@ trainers agree on who holds what, and a node gets the same data every round.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import numpy as np
 from fedxai.mnist import available_splits, load_split
 
 MIN_PARTITION_SIZE = 2
+# Where MNIST is downloaded when no data-dir is given.
+DEFAULT_CACHE_DIR = Path("~/.cache/fedxai/mnist")
 
 
 @dataclass(frozen=True)
@@ -38,24 +42,20 @@ class Pool:
 
 
 def load_pool(data_dir: str, test_fraction: float, seed: int, max_samples: int = 0) -> Pool:
-    """MNIST from IDX files in ``data_dir``, or downloaded by torchvision when empty.
+    """MNIST from IDX files in ``data_dir``, or downloaded once into a cache when empty.
 
     With both splits, the trainers share the train split and the aggregator tests
     on the test split. With one split, it is the pool: ``test_fraction`` of it is
     held out for the aggregator. ``max_samples`` (0: all) caps each part, for
     quick runs.
     """
-    if data_dir:
-        directory = Path(data_dir)
-        splits = available_splits(directory) if directory.is_dir() else []
-        if not splits:
-            raise FileNotFoundError(
-                f"data-dir {directory}: no MNIST IDX files (t10k-/train-images-idx3-ubyte[.gz] and the matching labels)"
-            )
-        loaded = {split: Dataset(*load_split(directory, split)) for split in splits}
-    else:
-        loaded = _download(Path.home() / ".cache" / "fedxai" / "mnist")
-
+    directory = Path(data_dir) if data_dir else ensure_downloaded(DEFAULT_CACHE_DIR.expanduser())
+    splits = available_splits(directory) if directory.is_dir() else []
+    if not splits:
+        raise FileNotFoundError(
+            f"data-dir {directory}: no MNIST IDX files (t10k-/train-images-idx3-ubyte[.gz] and the matching labels)"
+        )
+    loaded = {split: Dataset(*load_split(directory, split)) for split in splits}
     if "train" in loaded and "test" in loaded:
         federated, test = loaded["train"], loaded["test"]
     else:
@@ -69,20 +69,25 @@ def load_pool(data_dir: str, test_fraction: float, seed: int, max_samples: int =
     return Pool(federated, test)
 
 
-def _download(cache: Path) -> dict[str, Dataset]:
-    from torchvision.datasets import MNIST  # only for the download path: keeps node start-up light
+def ensure_downloaded(directory: Path) -> Path:
+    """``directory`` holding MNIST's IDX files, downloaded by torchvision unless already there."""
+    if available_splits(directory):
+        return directory
+    from torchvision.datasets import MNIST  # only for the download: keeps node start-up light
 
-    found = {}
-    for split, train in (("train", True), ("test", False)):
-        try:
-            mnist = MNIST(root=str(cache), train=train, download=True)
-        except RuntimeError as error:  # torchvision's "Error downloading ..."
-            raise FileNotFoundError(
-                f"MNIST is not cached in {cache} and could not be downloaded ({error}); "
-                "pass a data-dir holding the IDX files"
-            ) from None
-        found[split] = Dataset(mnist.data.numpy(), mnist.targets.numpy().astype(np.int64))
-    return found
+    directory.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=directory) as tmp:
+        for train in (True, False):
+            try:
+                MNIST(root=tmp, train=train, download=True)
+            except RuntimeError as error:  # torchvision's "Error downloading ..."
+                raise FileNotFoundError(
+                    f"MNIST is not in {directory} and could not be downloaded ({error}); "
+                    "pass a data-dir holding the IDX files"
+                ) from None
+        for path in (Path(tmp) / "MNIST" / "raw").glob("*-ubyte.gz"):
+            shutil.move(path, directory / path.name)
+    return directory
 
 
 def partition(data: Dataset, partition_id: int, num_partitions: int, scheme: str, alpha: float, seed: int) -> Dataset:

@@ -297,20 +297,45 @@ class Federation:
         )
 
 
-def start_federation(children: Children, work: Path, clients: int, env: dict[str, str]) -> Federation:
-    """A SuperLink and one SuperNode per client on loopback ports, plus the
-    ``flwr`` connection to them in ``$FLWR_HOME/config.toml``."""
-    superlink_port = _free_port()
+def start_superlink(
+    children: Children,
+    work: Path,
+    env: dict[str, str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: tuple[str, str, str] | None = None,
+) -> int:
+    """A SuperLink (Fleet, Control and Runtime APIs on one port), and the ``flwr``
+    connection to it in ``$FLWR_HOME/config.toml``. ``tls``: certificate, key
+    and CA files. Returns the port."""
+    port = port or _free_port()
+    if tls:
+        cert, key, ca = tls
+        security = ["--ssl-certfile", cert, "--ssl-keyfile", key, "--ssl-ca-certfile", ca]
+        connection: dict[str, Any] = {"address": f"127.0.0.1:{port}", "root-certificates": ca}
+    else:
+        security = ["--insecure"]
+        connection = {"address": f"127.0.0.1:{port}", "insecure": True}
     children.start(
         "superlink",
         [
-            "flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(superlink_port),
+            "flower-superlink", *security, "--host", host, "--port", str(port),
             "--disable-runtime-dependency-installation", "--database", str(work / "superlink.db"),
         ],
         env,
         cwd=work,
     )  # fmt: skip
-    _wait_for_port(superlink_port, children, "superlink")
+    _wait_for_port(port, children, "superlink")
+    flwr_home = Path(env["FLWR_HOME"])
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    flower_config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
+    (flwr_home / "config.toml").write_text(tomli_w.dumps(flower_config))
+    return port
+
+
+def start_federation(children: Children, work: Path, clients: int, env: dict[str, str]) -> Federation:
+    """A SuperLink and one SuperNode per client, all on loopback."""
+    superlink_port = start_superlink(children, work, env)
     # The trainers share this machine's cores: more torch threads than cores
     # make every one of them wait on the others. A value the user set wins.
     threads = env.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // clients))
@@ -330,11 +355,6 @@ def start_federation(children: Children, work: Path, clients: int, env: dict[str
             node_env,
             cwd=node_dir,
         )  # fmt: skip
-    flwr_home = Path(env["FLWR_HOME"])
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    connection = {"address": f"127.0.0.1:{superlink_port}", "insecure": True}
-    flower_config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
-    (flwr_home / "config.toml").write_text(tomli_w.dumps(flower_config))
     return Federation(env, node_dirs)
 
 
@@ -379,6 +399,35 @@ def run_federation(options: RunOptions, base_env: Mapping[str, str], out: TextIO
         children.stop_all()
 
 
+def run_aggregator(
+    task: TaskConfig,
+    storage: StorageSettings,
+    app_dir: Path,
+    work_dir: Path,
+    address: tuple[str, int],
+    base_env: Mapping[str, str],
+    out: TextIO,
+    tls: tuple[str, str, str] | None = None,
+) -> dict[str, Any]:
+    """The aggregator of a multi-host deployment: a SuperLink that trainers on
+    other hosts join, and the run submitted to it, followed to its end."""
+    store = open_store(storage)
+    store.check()
+    work = work_dir.resolve()
+    children = Children(work / "logs")
+    children.log_dir.mkdir(parents=True, exist_ok=True)
+    env = flower_env(base_env, work / "flwr", storage_environment(storage))
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    try:
+        host, port = address
+        start_superlink(children, work, env, host, port, tls)
+        say(out, f"superlink on {host}:{port}; task {task.task_name} waits for {task.min_train_nodes} trainers")
+        Federation(env, []).submit(children, "flwr-run", app_dir, task.to_run_config())
+        return _follow(children, store, task, started, out)
+    finally:
+        children.stop_all()
+
+
 def _follow(children: Children, store: ObjectStore, task: TaskConfig, started: str, out: TextIO) -> dict[str, Any]:
     """Prints each round as the aggregator records it, until the run ends."""
     reported = 0
@@ -414,7 +463,7 @@ def _flush_outboxes(node_dirs: list[Path], task: TaskConfig, out: TextIO) -> Non
         outbox = Outbox(node_dir / "outbox")
         if not outbox.pending():
             continue
-        delivery = deliver(task.explainer_address, task.explainer_timeout, outbox)
+        delivery = deliver(task.explainer_address, task.explainer_timeout, outbox, ca_file=task.explainer_ca_file)
         say(
             out,
             f"{node_dir.name}: delivered {delivery.sent} queued explanation requests"

@@ -116,9 +116,17 @@ class ExplainerSettings:
     max_batch_size: int = 1024
     workers: int = 4
     grace_seconds: float = 5.0
+    # PEM files; both set: TLS, neither: plaintext.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
     def __post_init__(self) -> None:
         parse_address("--address", self.address)
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise SettingsError("--tls-cert-file and --tls-key-file go together")
+        for path in (self.tls_cert_file, self.tls_key_file):
+            if path and not Path(path).is_file():
+                raise SettingsError(f"TLS file {path} does not exist")
         for name in ("max_message_bytes", "max_batch_size", "workers"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")

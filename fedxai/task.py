@@ -48,6 +48,7 @@ class TaskConfig:
     samples_per_class: int = 4
     explainer_address: str = "127.0.0.1:50051"
     explainer_timeout: float = 10.0
+    explainer_ca_file: str = ""
     architecture: str = "mnist_cnn"
     data_dir: str = ""
     max_samples: int = 0

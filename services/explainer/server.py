@@ -7,6 +7,7 @@ import signal
 import threading
 from concurrent import futures
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 
 import grpc
@@ -59,7 +60,13 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
         server,
     )
     try:
-        port = server.add_insecure_port(settings.address)
+        if settings.tls_cert_file:
+            credentials = grpc.ssl_server_credentials(
+                [(Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes())]
+            )
+            port = server.add_secure_port(settings.address, credentials)
+        else:
+            port = server.add_insecure_port(settings.address)
     except RuntimeError:
         raise SettingsError(f"cannot listen on {settings.address} (in use, or not this host's address)") from None
     server.start()
@@ -70,7 +77,8 @@ def serve(settings: ExplainerSettings, store: ObjectStore) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
     running = create_server(settings, store)
     host = settings.address.rpartition(":")[0]
-    log.info("explainer serving on %s:%d, storage: %s", host, running.port, store.kind)
+    security = "TLS" if settings.tls_cert_file else "plaintext"
+    log.info("explainer serving on %s:%d (%s), storage: %s", host, running.port, security, store.kind)
 
     stop_requested = threading.Event()
 

@@ -119,7 +119,8 @@ def evaluate(msg: Message, context: Context) -> Message:
             per_class=task.samples_per_class,
             cam_method=CAM_METHODS[task.cam_method],
         )
-        delivery = deliver(task.explainer_address, task.explainer_timeout, Outbox(node.state_dir / "outbox"), request)
+        outbox = Outbox(node.state_dir / "outbox")
+        delivery = deliver(task.explainer_address, task.explainer_timeout, outbox, request, task.explainer_ca_file)
     metrics = MetricRecord(
         {
             "eval-loss": scores.loss,

@@ -20,6 +20,7 @@ import grpc
 import numpy as np
 from torch import nn
 
+from fedxai.channels import open_channel
 from fedxai.data import Dataset
 from fedxai.models import Architecture
 from fedxai.tensors import encode_state_dict, tensor_to_proto
@@ -28,7 +29,6 @@ from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 # Resending these cannot help.
 _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED}
 
@@ -75,7 +75,9 @@ def _backlog(outbox: Outbox, request: pb.ExplainRequest | None) -> Iterator[tupl
         yield None, request
 
 
-def deliver(address: str, timeout: float, outbox: Outbox, request: pb.ExplainRequest | None = None) -> Delivery:
+def deliver(
+    address: str, timeout: float, outbox: Outbox, request: pb.ExplainRequest | None = None, ca_file: str = ""
+) -> Delivery:
     """Sends what the outbox holds, oldest first, then ``request``.
 
     Stops at the first transient failure; ``request`` is queued unless it was
@@ -83,11 +85,7 @@ def deliver(address: str, timeout: float, outbox: Outbox, request: pb.ExplainReq
     """
     result = Delivery()
     undelivered = request
-    options = [
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ]
-    with grpc.insecure_channel(address, options=options) as channel:
+    with open_channel(address, ca_file) as channel:
         stub = pb_grpc.ExplainerStub(channel)
         for path, message in _backlog(outbox, request):
             name = path.name if path else f"round {message.round}"
