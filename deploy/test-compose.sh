@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Proves that `docker compose up` trains and explains: a private Docker engine,
+# a base image built locally, MinIO swapped for a local S3 server (no registry
+# is reachable), 2 rounds with 2 trainers on the given MNIST folder, then checks
+# from the host through the published ports, and everything torn down.
+#
+#   deploy/test-compose.sh MNIST_DIR        (as root; installs docker.io, docker-compose, debootstrap)
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+mnist=$(realpath "${1:?usage: $0 MNIST_DIR}")
+python=${PYTHON:-$repo/.venv/bin/python}
+work=$(mktemp -d /tmp/fedxai-compose.XXXXXX)
+project=fedxai-compose-test
+started=$SECONDS
+
+log() { printf '[compose-test %4ds] %s\n' $((SECONDS - started)) "$*"; }
+compose() {
+  docker-compose -p "$project" -f "$repo/deploy/docker-compose.yml" \
+    -f "$repo/deploy/test/docker-compose.test.yml" "$@"
+}
+free_port() { "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+cleanup() {
+  local status=$?
+  set +e
+  if [ -S "$work/docker.sock" ]; then
+    [ "$status" -ne 0 ] && compose logs --no-color --tail 40
+    compose down --volumes --remove-orphans --timeout 20 >/dev/null 2>&1
+  fi
+  [ -n "${index_pid:-}" ] && kill "$index_pid" 2>/dev/null
+  if [ -f "$work/dockerd.pid" ]; then
+    kill "$(cat "$work/dockerd.pid")" 2>/dev/null
+    for _ in $(seq 60); do [ -e "$work/dockerd.pid" ] || break; sleep 1; done
+  fi
+  rm -rf "$work"
+  log "finished with status $status"
+  exit "$status"
+}
+trap cleanup EXIT
+
+if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null || ! command -v debootstrap >/dev/null; then
+  log "installing docker.io, docker-compose and debootstrap"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose debootstrap >/dev/null
+fi
+
+log "starting a private Docker engine in $work"
+dockerd --data-root "$work/data" --exec-root "$work/exec" -H "unix://$work/docker.sock" \
+  --iptables=false --ip6tables=false --bridge=none --pidfile "$work/dockerd.pid" >"$work/dockerd.log" 2>&1 &
+export DOCKER_HOST="unix://$work/docker.sock"
+for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+docker info >/dev/null
+
+log "building the base image with debootstrap"
+mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || echo http://deb.debian.org/debian)
+debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+  bookworm "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1
+# pip inside the builds trusts what this machine trusts.
+cp /etc/ssl/certs/ca-certificates.crt "$work/rootfs/etc/ssl/certs/ca-certificates.crt"
+tar -C "$work/rootfs" -c . | docker import - fedxai-base:bookworm >/dev/null
+docker tag fedxai-base:bookworm python:3.11-slim-bookworm
+rm -rf "$work/rootfs"
+
+log "serving torch wheels as a package index"
+"$python" -m pip download --quiet torch==2.14.1 torchvision==0.29.1 -d "$work/index/files" 2>/dev/null
+"$python" - "$work/index" <<'PY'
+import re, sys
+from pathlib import Path
+root = Path(sys.argv[1])
+projects = {}
+for wheel in sorted((root / "files").iterdir()):
+    name = re.sub(r"[-_.]+", "-", wheel.name.split("-")[0]).lower()
+    projects.setdefault(name, []).append(wheel.name)
+for name, files in projects.items():
+    page = root / "simple" / name / "index.html"
+    page.parent.mkdir(parents=True, exist_ok=True)
+    page.write_text("".join(f'<a href="../../files/{f}">{f}</a><br>\n' for f in files))
+PY
+index_port=$(free_port)
+"$python" -m http.server "$index_port" --bind 127.0.0.1 --directory "$work/index" >/dev/null 2>&1 &
+index_pid=$!
+export TORCH_INDEX_URL="http://127.0.0.1:$index_port/simple"
+
+export MNIST_DIR="$mnist" FEDXAI_ROUNDS=2
+export EXPLAINER_PORT=$(free_port) MINIO_API_PORT=$(free_port) MINIO_CONSOLE_PORT=$(free_port)
+log "building the images"
+compose build >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; exit 1; }
+docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -v '^<none>'
+
+log "docker compose up (2 rounds, 2 trainers)"
+compose up -d
+aggregator=$(compose ps -q aggregator)
+for _ in $(seq 1200); do
+  [ "$(docker inspect -f '{{.State.Status}}' "$aggregator")" = exited ] && break
+  sleep 1
+done
+compose logs --no-color aggregator | tail -20
+code=$(docker inspect -f '{{.State.ExitCode}}' "$aggregator")
+[ "$code" = 0 ] || { log "the aggregator exited with $code"; exit 1; }
+
+log "checking the bucket, the explainer and its presigned URLs from the host"
+"$python" "$repo/deploy/test/check_deployment.py" \
+  --s3 "127.0.0.1:$MINIO_API_PORT" --explainer "127.0.0.1:$EXPLAINER_PORT" --rounds 2 --clients 2
+log "the compose deployment works"

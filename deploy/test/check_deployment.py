@@ -1,0 +1,92 @@
+"""Checks a finished compose deployment from the host, as a user would reach it:
+the bucket through the published S3 port (minio SDK), the explainer through its
+published gRPC port (grpcurl), and a presigned URL it hands out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import cv2
+import numpy as np
+from minio import Minio
+
+
+def env_defaults() -> dict[str, str]:
+    pairs = {}
+    for line in (Path(__file__).resolve().parents[1] / ".env").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key] = value
+    return pairs
+
+
+def read(client: Minio, bucket: str, key: str) -> bytes:
+    response = client.get_object(bucket_name=bucket, object_name=key)
+    try:
+        return response.read()
+    finally:
+        response.close()
+        response.release_conn()
+
+
+def grpcurl(address: str, *args: str, data: str | None = None) -> str:
+    binary = shutil.which("grpcurl") or str(Path(sys.executable).with_name("grpcurl"))
+    command = [binary, "-plaintext", *(["-d", data] if data else []), address, *args]
+    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--s3", required=True)
+    parser.add_argument("--explainer", required=True)
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--clients", type=int, required=True)
+    args = parser.parse_args()
+    env = env_defaults()
+    bucket = env["FEDXAI_S3_BUCKET"]
+    client = Minio(args.s3, access_key=env["MINIO_ROOT_USER"], secret_key=env["MINIO_ROOT_PASSWORD"], secure=False)
+
+    metrics = json.loads(read(client, bucket, "xaitest/metrics.json"))
+    assert metrics["status"] == "finished", metrics["status"]
+    accuracy = [entry["global"]["accuracy"] for entry in metrics["rounds"]]
+    assert len(accuracy) == args.rounds + 1 and accuracy[-1] > accuracy[0], accuracy
+
+    images = 0
+    for round_number in range(1, args.rounds + 1):
+        assert f"xaitest/round-{round_number:03d}/global_model.safetensors" in {
+            o.object_name for o in client.list_objects(bucket_name=bucket, prefix=f"xaitest/round-{round_number:03d}/")
+        }
+        for client_number in range(args.clients):
+            prefix = f"xaitest/round-{round_number:03d}/client-{client_number}"
+            manifest = json.loads(read(client, bucket, f"{prefix}/explanations.json"))
+            labels = [entry["label"] for entry in manifest["images"]]
+            assert labels == list(range(10)), (prefix, labels)
+            for label in labels:
+                picture = cv2.imdecode(
+                    np.frombuffer(read(client, bucket, f"{prefix}/gradcam_class_{label}.jpg"), np.uint8),
+                    cv2.IMREAD_COLOR,
+                )
+                assert picture is not None and picture.shape[1] > picture.shape[0], (prefix, label)
+            images += len(labels)
+    sys.stdout.write(f"bucket: metrics.json finished, accuracy {accuracy}, {images} heatmaps\n")
+
+    check = '{"service": "fedxai.v1.Explainer"}'
+    health = json.loads(grpcurl(args.explainer, "grpc.health.v1.Health/Check", data=check))
+    assert health == {"status": "SERVING"}, health
+    listed = json.loads(grpcurl(args.explainer, "fedxai.v1.Explainer/ListExplanations", data='{"task_id": "xaitest"}'))
+    explanations = listed["explanations"]
+    assert len(explanations) == images, (len(explanations), images)
+    first = explanations[0]
+    with urllib.request.urlopen(first["url"], timeout=10) as response:
+        assert response.read() == read(client, bucket, first["key"])
+    sys.stdout.write(f"explainer: SERVING, ListExplanations lists {len(explanations)} images, presigned URLs work\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The README's copy-paste commands, run as written against real servers."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fedxai.storage.layout import global_model_key
+from fedxai.storage.s3 import S3Store
+from tests.conftest import NANIO_ACCESS_KEY, NANIO_SECRET_KEY, REPO_ROOT, s3_settings
+from tests.helpers import decode_jpeg, explain_request, png
+
+README = (REPO_ROOT / "README.md").read_text()
+
+
+def block_after(heading: str, language: str) -> str:
+    """The first fenced block of ``language`` after ``heading``."""
+    section = README[README.index(heading) :]
+    match = re.search(rf"```{language}\n(.*?)```", section, re.DOTALL)
+    assert match, f"no {language} block after {heading!r}"
+    return match.group(1)
+
+
+def test_grpcurl_commands(explainer, stub, local_store, mnist, mnist_weights, tmp_path):
+    images, labels = mnist
+    assert labels[0] == 7
+    local_store.put(global_model_key("xaitest", 1), mnist_weights, "application/octet-stream")
+    stub.Explain(explain_request(images[:20], labels[:20], mnist_weights), timeout=60)  # something to list
+    (tmp_path / "digit.png").write_bytes(png(images[0]))
+
+    script = block_after("### grpcurl", "sh").replace("127.0.0.1:50051", f"127.0.0.1:{explainer.port}")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    for expected in ("fedxai.v1.Explainer", "rpc Explain", '"status": "SERVING"', "xaitest/round-001/client-0/"):
+        assert expected in result.stdout
+    assert '"key": "xaitest/round-001/me/gradcam_class_7.jpg"' in result.stdout
+    assert decode_jpeg(local_store.get("xaitest/round-001/me/gradcam_class_7.jpg")).shape[2] == 3
+
+
+def test_python_sdk_lines(nanio_endpoint, tmp_path, monkeypatch):
+    store = S3Store(s3_settings(nanio_endpoint, "fedxai"))
+    store.check()
+    key = "xaitest/round-001/client-0/gradcam_class_7.jpg"
+    ok, jpeg = cv2.imencode(".jpg", np.full((28, 28, 3), 128, np.uint8))
+    assert ok
+    store.put(key, jpeg.tobytes(), "image/jpeg")
+
+    code = (
+        block_after("### Getting the images out of MinIO", "python")
+        .replace('"localhost:9000"', f'"{nanio_endpoint}"')
+        .replace('access_key="fedxai"', f'access_key="{NANIO_ACCESS_KEY}"')
+        .replace('secret_key="fedxai-dev-secret"', f'secret_key="{NANIO_SECRET_KEY}"')
+    )
+    assert len(code.strip().splitlines()) == 3
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "gradcam_class_7.jpg").read_bytes() == jpeg.tobytes()
