@@ -33,6 +33,8 @@ cleanup() {
     kill "$(cat "$work/dockerd.pid")" 2>/dev/null
     for _ in $(seq 60); do [ -e "$work/dockerd.pid" ] || break; sleep 1; done
   fi
+  # dockerd can leave mounts (network namespaces, layers) under its roots.
+  awk -v root="$work" 'index($2, root) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
   rm -rf "$work"
   log "finished with status $status"
   exit "$status"
