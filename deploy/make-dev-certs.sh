@@ -17,6 +17,9 @@ EXT
 openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 365 -sha256 \
   -extfile server.ext -out server.crt 2>/dev/null
 rm -f server.csr server.ext ca.srl
-# The services run as uid 10001 and read the key through a compose secret.
+# DEVELOPMENT ONLY: the key is made readable by all, since the services (uid 10001)
+# read it through a compose secret that keeps the file's mode. Keep ca.key out of
+# any image or repository.
 chmod 644 ca.crt server.crt server.key
+chmod 600 ca.key
 echo "development certificates in $out: ca.crt, server.crt, server.key"

@@ -98,6 +98,7 @@ for _ in $(seq 1200); do
   sleep 1
 done
 compose logs --no-color aggregator | tail -20
+[ "$(docker inspect -f '{{.State.Status}}' "$aggregator")" = exited ] || { log "the run did not finish in time"; exit 1; }
 code=$(docker inspect -f '{{.State.ExitCode}}' "$aggregator")
 [ "$code" = 0 ] || { log "the aggregator exited with $code"; exit 1; }
 

@@ -93,8 +93,7 @@ def _aggregator(args: argparse.Namespace) -> int:
     from fedxai.launcher import RunFailed, build_task, default_app_dir, run_aggregator
 
     app_dir = Path(args.app_dir) if args.app_dir else default_app_dir()
-    overrides = _task_overrides(args)
-    task = build_task(app_dir, overrides, clients=int(overrides.get("min-train-nodes", 2)))
+    task = build_task(app_dir, _task_overrides(args))
     address = parse_address("--address", args.address)
     tls = (args.tls_cert_file, args.tls_key_file, args.tls_ca_file)
     if any(tls) and not all(tls):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fedxai.mnist import available_splits, load_split
+from fedxai.mnist import SPLITS, available_splits, load_split
 
 MIN_PARTITION_SIZE = 2
 # Where MNIST is downloaded when no data-dir is given.
@@ -71,7 +71,7 @@ def load_pool(data_dir: str, test_fraction: float, seed: int, max_samples: int =
 
 def ensure_downloaded(directory: Path) -> Path:
     """``directory`` holding MNIST's IDX files, downloaded by torchvision unless already there."""
-    if available_splits(directory):
+    if len(available_splits(directory)) == len(SPLITS):
         return directory
     from torchvision.datasets import MNIST  # only for the download: keeps node start-up light
 
@@ -85,7 +85,9 @@ def ensure_downloaded(directory: Path) -> Path:
                     f"MNIST is not in {directory} and could not be downloaded ({error}); "
                     "pass a data-dir holding the IDX files"
                 ) from None
-        for path in (Path(tmp) / "MNIST" / "raw").glob("*-ubyte.gz"):
+        # Labels last: a split counts as present once its labels are, so a reader
+        # never sees a split whose images are still missing.
+        for path in sorted((Path(tmp) / "MNIST" / "raw").glob("*-ubyte.gz"), key=lambda p: "labels" in p.name):
             shutil.move(path, directory / path.name)
     return directory
 
@@ -96,6 +98,8 @@ def partition(data: Dataset, partition_id: int, num_partitions: int, scheme: str
         raise ValueError(f"partition-id {partition_id} is outside [0, {num_partitions})")
     rng = np.random.default_rng(seed)
     if scheme == "iid":
+        if len(data) < MIN_PARTITION_SIZE * num_partitions:
+            raise ValueError(f"{len(data)} samples are too few for {num_partitions} partitions")
         shares = np.array_split(rng.permutation(len(data)), num_partitions)
     elif scheme == "dirichlet":
         shares = _dirichlet_shares(data.labels, num_partitions, alpha, rng)

@@ -107,16 +107,24 @@ class Children:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def start(self, name: str, argv: list[str], env: Mapping[str, str], cwd: Path | None = None) -> None:
-        log = (self.log_dir / f"{name}.log").open("wb")
-        self.processes[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True
-        )
-        log.close()
+        with (self.log_dir / f"{name}.log").open("wb") as log:
+            self.processes[name] = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=dict(env), cwd=cwd, start_new_session=True
+            )
 
     def dead(self) -> list[str]:
         return [name for name, process in self.processes.items() if process.poll() is not None]
 
     def stop_all(self) -> None:
+        # A second Ctrl-C must not cut the clean-up short.
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._stop_all()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop_all(self) -> None:
         # Flower starts its app processes in sessions of their own: find them first.
         descendants = _descendants({process.pid for process in self.processes.values()})
         for process in self.processes.values():
@@ -171,13 +179,13 @@ def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
         os.killpg(process.pid, sig)
 
 
-def _wait_for_port(port: int, children: Children, name: str) -> None:
+def _wait_for_port(host: str, port: int, children: Children, name: str) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if name in children.dead():
             raise RunFailed(f"{name} exited while starting:\n{children.tail(name)}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            with socket.create_connection((host.strip("[]"), port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.2)
@@ -199,7 +207,8 @@ def _wait_for_explainer(address: str, children: Children) -> None:
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
-                time.sleep(0.3)
+                pass  # not listening yet
+            time.sleep(0.3)
     raise RunFailed(f"the explainer at {address} was not healthy within {STARTUP_TIMEOUT:.0f} s")
 
 
@@ -309,13 +318,15 @@ def start_superlink(
     connection to it in ``$FLWR_HOME/config.toml``. ``tls``: certificate, key
     and CA files. Returns the port."""
     port = port or _free_port()
+    # `flwr run` reaches the SuperLink where it listens; a wildcard means loopback will do.
+    reach = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host
     if tls:
         cert, key, ca = tls
         security = ["--ssl-certfile", cert, "--ssl-keyfile", key, "--ssl-ca-certfile", ca]
-        connection: dict[str, Any] = {"address": f"127.0.0.1:{port}", "root-certificates": ca}
+        connection: dict[str, Any] = {"address": f"{reach}:{port}", "root-certificates": ca}
     else:
         security = ["--insecure"]
-        connection = {"address": f"127.0.0.1:{port}", "insecure": True}
+        connection = {"address": f"{reach}:{port}", "insecure": True}
     children.start(
         "superlink",
         [
@@ -325,7 +336,7 @@ def start_superlink(
         env,
         cwd=work,
     )  # fmt: skip
-    _wait_for_port(port, children, "superlink")
+    _wait_for_port(reach, port, children, "superlink")
     flwr_home = Path(env["FLWR_HOME"])
     flwr_home.mkdir(parents=True, exist_ok=True)
     flower_config = {"superlink": {"default": CONNECTION, CONNECTION: connection}}
@@ -486,14 +497,15 @@ def summary(document: dict[str, Any], options: RunOptions) -> str:
     )
 
 
-def build_task(app_dir: Path, overrides: dict[str, Any], clients: int) -> TaskConfig:
+def build_task(app_dir: Path, overrides: dict[str, Any], clients: int | None = None) -> TaskConfig:
     """The default task from pyproject.toml with command-line overrides, validated.
 
-    Fewer clients than the default minimum lower the minimum, unless it was set.
+    With a known number of ``clients`` below the default minimum, the minimum is
+    lowered to it, unless it was set.
     """
     defaults = task_defaults(app_dir)
     for key in ("min-train-nodes", "min-evaluate-nodes"):
-        if key not in overrides and isinstance(defaults.get(key), int):
+        if clients is not None and key not in overrides and isinstance(defaults.get(key), int):
             overrides = {**overrides, key: min(defaults[key], clients)}
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:

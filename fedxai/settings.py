@@ -29,16 +29,6 @@ def _parse_bool(name: str, raw: str) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
 
 
-def parse_positive_int(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r} is not an integer") from None
-    if value <= 0:
-        raise SettingsError(f"{name}={raw!r} must be positive")
-    return value
-
-
 def parse_address(name: str, raw: str) -> tuple[str, int]:
     """Splits HOST:PORT (IPv6 hosts in brackets) and checks the port."""
     host, sep, port = raw.rpartition(":")

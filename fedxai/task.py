@@ -18,6 +18,8 @@ from fedxai.settings import SettingsError, parse_address
 from fedxai.storage.layout import validate_id
 
 STRATEGIES = ("FedAvg",)
+# Ten classes times this stays well under the explainer's default batch limit (1024).
+MAX_SAMPLES_PER_CLASS = 64
 OPTIMIZERS = ("sgd", "adam")
 PARTITIONINGS = ("iid", "dirichlet")
 # Run-config names of the CAM methods, as proto enum names.
@@ -101,9 +103,13 @@ class TaskConfig:
             if getattr(self, name.replace("-", "_")) <= 0:
                 raise SettingsError(f"{name} must be positive")
         parse_address("explainer-address", self.explainer_address)
+        if self.samples_per_class > MAX_SAMPLES_PER_CLASS:
+            raise SettingsError(f"samples-per-class must be at most {MAX_SAMPLES_PER_CLASS}")
         from fedxai.models import ARCHITECTURES  # torch is imported only when a task is checked
 
-        _choice("architecture", self.architecture, tuple(ARCHITECTURES))
+        # The federation learns MNIST: only architectures for 1x28x28 input fit.
+        fitting = tuple(name for name, arch in ARCHITECTURES.items() if arch.input_shape == (1, 28, 28))
+        _choice("architecture", self.architecture, fitting)
 
 
 def validate_id_setting(name: str, value: str) -> None:

@@ -45,7 +45,7 @@ def test_serves_then_stops_gracefully_on_a_signal(tmp_path, stop_signal):
     finally:
         process.kill()
     assert process.returncode == 0, output
-    assert f"serving on 127.0.0.1:{port}, storage: local" in output
+    assert f"serving on 127.0.0.1:{port} (plaintext), storage: local" in output
     assert "explainer stopped" in output
 
 

@@ -85,6 +85,11 @@ def test_dirichlet_skews_labels_and_iid_does_not():
     assert skewed_share.max() > 0.3
 
 
+def test_too_few_samples_for_the_partitions():
+    with pytest.raises(ValueError, match="3 samples are too few for 2 partitions"):
+        partition(labelled(3), 0, 2, "iid", 0.5, 0)
+
+
 def test_partition_id_out_of_range():
     with pytest.raises(ValueError, match="partition-id 3 is outside"):
         partition(labelled(10), 3, 3, "iid", 0.5, 0)

@@ -110,3 +110,25 @@ def test_a_stalled_explainer_costs_at_most_the_deadline(trained_mnist_cnn, valid
     finally:
         release.set()
         server.stop(None)
+
+
+def test_a_request_the_explainer_cannot_take_is_set_aside_not_retried_forever(
+    explainer, local_store, trained_mnist_cnn, mnist, tmp_path
+):
+    images, labels = mnist
+    many = Dataset(images[:2000], labels[:2000])
+    outbox = Outbox(tmp_path / "outbox")
+    too_big = request_for(1, trained_mnist_cnn, many, per_class=30)  # 300 samples, the server takes 256
+    delivery = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, too_big)
+    assert (delivery.sent, delivery.queued, delivery.rejected) == (0, 0, 1)
+    after = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, request_for(2, trained_mnist_cnn, many))
+    assert (after.sent, after.queued) == (1, 0)
+
+
+def test_an_unreadable_outbox_file_is_set_aside(explainer, trained_mnist_cnn, validation, tmp_path):
+    outbox = Outbox(tmp_path / "outbox")
+    outbox.directory.mkdir(parents=True)
+    (outbox.directory / "xaitest-round-001-client-0.pb").write_bytes(b"\xff\xff not protobuf")
+    delivery = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, request_for(2, trained_mnist_cnn, validation))
+    assert (delivery.sent, delivery.queued) == (1, 0)
+    assert (outbox.directory / "rejected" / "xaitest-round-001-client-0.pb").exists()

@@ -280,3 +280,15 @@ def test_uint8_and_float32_tensors_give_the_same_maps(stub, digits, mnist_weight
     )
     for a, b in zip(as_uint8.samples, as_float.samples, strict=True):
         np.testing.assert_allclose(a.cam, b.cam, rtol=1e-5, atol=1e-7)
+
+
+def test_a_malformed_manifest_entry_is_skipped_not_fatal(stub, local_store, digits, mnist_weights):
+    images, labels = digits
+    stub.Explain(explain_request(images[:12], labels[:12], mnist_weights), timeout=60)
+    key = "xaitest/round-001/client-0/explanations.json"
+    manifest = json.loads(local_store.get(key))
+    manifest["images"].append({"label": 99})  # no key, no metadata
+    local_store.put(key, json.dumps(manifest).encode(), "application/json")
+    local_store.put("xaitest/round-002/client-0/explanations.json", b"{not json", "application/json")
+    listed = stub.ListExplanations(pb.ListExplanationsRequest(task_id="xaitest"), timeout=10).explanations
+    assert len(listed) == len(set(labels[:12].tolist()))

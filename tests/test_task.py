@@ -49,6 +49,8 @@ def test_override_values_are_toml_with_bare_words_as_strings():
         ({"task-name": "../x"}, "task-name: '../x' is not a valid id"),
         ({"explainer-address": "nohost"}, "explainer-address='nohost' is not HOST:PORT"),
         ({"architecture": "vgg"}, "architecture='vgg' is not one of"),
+        ({"architecture": "cifar10_cnn"}, "architecture='cifar10_cnn' is not one of mnist_cnn"),
+        ({"samples-per-class": 65}, "samples-per-class must be at most 64"),
     ],
 )
 def test_bad_settings_are_refused_with_their_name(overrides, message):

@@ -17,6 +17,10 @@ class LocalStore(ObjectStore):
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
+        # Files get the mode any other file would; read once, as os.umask can only be read by setting it.
+        umask = os.umask(0o022)
+        os.umask(umask)
+        self.file_mode = 0o666 & ~umask
 
     def _path(self, key: str) -> Path:
         validate_key("key", key)
@@ -43,6 +47,7 @@ class LocalStore(ObjectStore):
         # Write then rename, so a reader never sees half a file.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.fchmod(fd, self.file_mode)  # mkstemp makes owner-only files
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
             os.replace(tmp, path)

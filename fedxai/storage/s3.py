@@ -82,8 +82,13 @@ class S3Store(ObjectStore):
 
     def check(self) -> None:
         with self._translated("check"):
-            if not self.client.bucket_exists(bucket_name=self.bucket):
+            if self.client.bucket_exists(bucket_name=self.bucket):
+                return
+            try:
                 self.client.make_bucket(bucket_name=self.bucket)
+            except S3Error as error:
+                if error.code != "BucketAlreadyOwnedByYou":  # another service made it meanwhile
+                    raise
 
     def put(
         self,

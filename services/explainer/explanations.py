@@ -4,8 +4,11 @@ class, store images and manifests, and read them back for listing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import threading
+import zlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 
 from fedxai import __version__
+from fedxai.errors import InvalidArgument, ObjectNotFound
 from fedxai.models import ARCHITECTURES
 from fedxai.storage import ObjectStore
 from fedxai.storage.layout import (
@@ -89,6 +93,9 @@ class ExplanationService:
     def __init__(self, store: ObjectStore, limits: Limits) -> None:
         self.store = store
         self.limits = limits
+        # Calls for the same task, round and client (a resent request, say) must not
+        # interleave their read-modify-write of the manifest: one lock per key stripe.
+        self._manifest_locks = [threading.Lock() for _ in range(64)]
 
     def explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
         job = parse_explain_request(request, self.store, self.limits.max_batch_size)
@@ -104,13 +111,14 @@ class ExplanationService:
         # Only the drawn samples need maps at the input size.
         heat = normalise(upsample(result.maps[indices], (job.pixels.shape[2], job.pixels.shape[3]))).numpy()
         # Drawn one after another: on a few cores, threads only fight torch's and OpenCV's own.
-        outcomes = [
-            self._draw(job, cam, label, job.pixels[index].numpy(), heat[i], response.samples[index])
-            for i, (label, index) in enumerate(picks.items())
-        ]
+        with self._manifest_lock(job):
+            outcomes = [
+                self._draw(job, cam, label, job.pixels[index].numpy(), heat[i], response.samples[index])
+                for i, (label, index) in enumerate(picks.items())
+            ]
+            if job.store:
+                response.manifest_key = self._write_manifest(job, [entry for _, entry in outcomes if entry])
         response.images.extend(image for image, _ in outcomes)
-        if job.store:
-            response.manifest_key = self._write_manifest(job, [entry for _, entry in outcomes if entry])
         return response
 
     def _draw(
@@ -158,10 +166,16 @@ class ExplanationService:
         image.url = self.store.url(image.key)
         return image, entry
 
+    def _manifest_lock(self, job: ExplainJob) -> threading.Lock | contextlib.nullcontext[None]:
+        if not job.store:
+            return contextlib.nullcontext()
+        key = manifest_key(job.task_id, job.round, job.client_id)
+        return self._manifest_locks[zlib.crc32(key.encode()) % len(self._manifest_locks)]
+
     def _write_manifest(self, job: ExplainJob, entries: list[dict]) -> str:
         """Writes the manifest, keeping entries of classes this call did not redraw."""
         key = manifest_key(job.task_id, job.round, job.client_id)
-        previous = self._read_manifest(key) if self.store.exists(key) else None
+        previous = self._read_manifest(key)
         redrawn = {entry["label"] for entry in entries}
         kept = [e for e in (previous or {}).get("images", []) if e.get("label") not in redrawn]
         manifest = {
@@ -174,8 +188,11 @@ class ExplanationService:
         return key
 
     def _read_manifest(self, key: str) -> dict | None:
+        """The manifest at ``key``; None when there is none or it is unreadable."""
         try:
             manifest = json.loads(self.store.get(key))
+        except ObjectNotFound:
+            return None
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             log.warning("ignoring unreadable manifest %s: %s", key, error)
             return None
@@ -209,24 +226,32 @@ class ExplanationService:
                 continue
             manifest = self._read_manifest(info.key)
             for entry in (manifest or {}).get("images", []):
-                response.explanations.add(
-                    key=entry["key"],
-                    url=self.store.url(entry["key"]),
-                    task_id=parts[0],
-                    round=round_number,
-                    client_id=parts[2],
-                    label=entry["label"],
-                    predicted_class=entry["predicted_class"],
-                    probability=entry["probability"],
-                    method=entry["method"],
-                    target_layer=entry["target_layer"],
-                    model_sha256=entry["model_sha256"],
-                    cam_max=entry["cam_max"],
-                    cam_mean=entry["cam_mean"],
-                    degenerate=entry["degenerate"],
-                    created_at=entry["created_at"],
-                )
+                try:
+                    listed = self._listed(entry, parts[0], round_number, parts[2])
+                except (KeyError, TypeError, ValueError, InvalidArgument) as error:
+                    log.warning("skipping a malformed entry of %s: %r", info.key, error)
+                    continue
+                response.explanations.append(listed)
         return response
+
+    def _listed(self, entry: dict, task_id: str, round_number: int, client_id: str) -> pb.StoredExplanation:
+        return pb.StoredExplanation(
+            key=entry["key"],
+            url=self.store.url(entry["key"]),
+            task_id=task_id,
+            round=round_number,
+            client_id=client_id,
+            label=entry["label"],
+            predicted_class=entry["predicted_class"],
+            probability=entry["probability"],
+            method=entry["method"],
+            target_layer=entry["target_layer"],
+            model_sha256=entry["model_sha256"],
+            cam_max=entry["cam_max"],
+            cam_mean=entry["cam_mean"],
+            degenerate=entry["degenerate"],
+            created_at=entry["created_at"],
+        )
 
     def info(self) -> pb.GetInfoResponse:
         response = pb.GetInfoResponse(

@@ -6,10 +6,12 @@ servicer then only deals with well-formed jobs.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import PIL.Image
 import torch
 from torch import nn
 
@@ -144,14 +146,18 @@ def _decode_image(index: int, data: bytes, architecture: Architecture) -> np.nda
     """One PNG/JPEG as (C, H, W) float32 in [0, 1]; grey or RGB to match the model."""
     field = f"images.images[{index}]"
     channels, height, width = architecture.input_shape
+    # The header first: a small file can declare a huge image, which is never decoded.
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as header:
+            size = header.size
+    except (PIL.UnidentifiedImageError, OSError, ValueError):
+        raise InvalidArgument(field, "not a decodable PNG or JPEG image") from None
+    if size != (width, height):
+        raise InvalidArgument(field, f"is {size[0]}x{size[1]}, {architecture.name} takes {width}x{height}")
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag) if data else None
-    if image is None:
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    if image is None or image.shape[:2] != (height, width):
         raise InvalidArgument(field, "not a decodable PNG or JPEG image")
-    if image.shape[:2] != (height, width):
-        raise InvalidArgument(
-            field, f"is {image.shape[1]}x{image.shape[0]}, {architecture.name} takes {width}x{height}"
-        )
     image = image[None] if channels == 1 else cv2.cvtColor(image, cv2.COLOR_BGR2RGB).transpose(2, 0, 1)
     return image.astype(np.float32) / 255.0
 

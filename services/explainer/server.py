@@ -47,6 +47,8 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
         ],
+        # Beyond this, calls are refused (RESOURCE_EXHAUSTED) instead of queueing large messages in memory.
+        maximum_concurrent_rpcs=4 * settings.workers,
     )
     pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(ExplanationService(store, limits)), server)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from torch import nn
 
 from fedxai.channels import open_channel
@@ -29,8 +30,14 @@ from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-# Resending these cannot help.
-_PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED}
+# Worth resending later: the explainer (or its store) is away or overloaded.
+# Anything else is an answer about the request itself, which resending cannot change.
+_TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.CANCELLED,
+}
 
 
 @dataclass
@@ -50,10 +57,14 @@ class Outbox:
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{request.task_id}-round-{request.round:03d}-{request.client_id}.pb"
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(request.SerializeToString())
-        path = self.directory / name
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(request.SerializeToString())
+            path = self.directory / name
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
     def pending(self) -> list[Path]:
@@ -70,7 +81,13 @@ class Outbox:
 
 def _backlog(outbox: Outbox, request: pb.ExplainRequest | None) -> Iterator[tuple[Path | None, pb.ExplainRequest]]:
     for path in outbox.pending():
-        yield path, pb.ExplainRequest.FromString(path.read_bytes())
+        try:
+            message = pb.ExplainRequest.FromString(path.read_bytes())
+        except DecodeError as error:
+            log.error("outbox file %s is not an ExplainRequest: %s", path.name, error)
+            outbox.reject(path, f"unreadable: {error}")
+            continue
+        yield path, message
     if request is not None:
         yield None, request
 
@@ -93,7 +110,7 @@ def deliver(
                 response = stub.Explain(message, timeout=timeout)
             except grpc.RpcError as error:
                 code, details = error.code(), error.details()
-                if code not in _PERMANENT:
+                if code in _TRANSIENT:
                     log.warning("explainer unavailable (%s: %s); %s stays queued", code.name, details, name)
                     break
                 log.error("explainer refused %s: %s: %s", name, code.name, details)
