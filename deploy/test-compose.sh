@@ -85,7 +85,7 @@ index_pid=$!
 export TORCH_INDEX_URL="http://127.0.0.1:$index_port/simple"
 
 export MNIST_DIR="$mnist" FEDXAI_ROUNDS=2
-export EXPLAINER_PORT=$(free_port) MINIO_API_PORT=$(free_port) MINIO_CONSOLE_PORT=$(free_port)
+export EXPLAINER_PORT=$(free_port) MONITOR_PORT=$(free_port) MINIO_API_PORT=$(free_port) MINIO_CONSOLE_PORT=$(free_port)
 log "building the images"
 compose build >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; exit 1; }
 docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -v '^<none>'
@@ -102,7 +102,7 @@ compose logs --no-color aggregator | tail -20
 code=$(docker inspect -f '{{.State.ExitCode}}' "$aggregator")
 [ "$code" = 0 ] || { log "the aggregator exited with $code"; exit 1; }
 
-log "checking the bucket, the explainer and its presigned URLs from the host"
-"$python" "$repo/deploy/test/check_deployment.py" \
-  --s3 "127.0.0.1:$MINIO_API_PORT" --explainer "127.0.0.1:$EXPLAINER_PORT" --rounds 2 --clients 2
+log "checking the bucket, the explainer, its presigned URLs and the monitor from the host"
+"$python" "$repo/deploy/test/check_deployment.py" --s3 "127.0.0.1:$MINIO_API_PORT" \
+  --explainer "127.0.0.1:$EXPLAINER_PORT" --monitor "127.0.0.1:$MONITOR_PORT" --rounds 2 --clients 2
 log "the compose deployment works"

@@ -137,6 +137,20 @@ def _health(args: argparse.Namespace) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _monitor(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fedxai.storage import open_store
+    from services.monitor.app import create_app
+
+    host, port = parse_address("--address", args.address)
+    store = open_store(StorageSettings.from_env(os.environ))
+    store.check()
+    # No websockets: the page polls, and the websockets stack only adds deprecation noise.
+    uvicorn.run(create_app(store), host=host.strip("[]"), port=port, log_level=args.log_level.lower(), ws="none")
+    return 0
+
+
 def _download_mnist(args: argparse.Namespace) -> int:
     from fedxai.data import ensure_downloaded
 
@@ -213,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=float, default=3.0)
     health.add_argument("--tls-ca-file", default="", help="CA certificate: connect with TLS")
     health.set_defaults(handler=_health)
+
+    monitor = commands.add_parser(
+        "monitor",
+        help="serve the monitoring page (read-only) over the store",
+        description="Serve a web page with each task's metrics per round and its heatmaps. Storage as for `explainer`.",
+    )
+    monitor.add_argument("--address", default="127.0.0.1:8080", help="HOST:PORT to listen on")
+    monitor.set_defaults(handler=_monitor)
 
     download = commands.add_parser("download-mnist", help="fetch MNIST's IDX files into a folder, once")
     download.add_argument("directory")

@@ -45,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--s3", required=True)
     parser.add_argument("--explainer", required=True)
+    parser.add_argument("--monitor", required=True)
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--clients", type=int, required=True)
     args = parser.parse_args()
@@ -86,6 +87,16 @@ def main() -> None:
     with urllib.request.urlopen(first["url"], timeout=10) as response:
         assert response.read() == read(client, bucket, first["key"])
     sys.stdout.write(f"explainer: SERVING, ListExplanations lists {len(explanations)} images, presigned URLs work\n")
+
+    with urllib.request.urlopen(f"http://{args.monitor}/api/tasks/xaitest", timeout=10) as response:
+        task = json.loads(response.read())
+    assert task["metrics"]["status"] == "finished"
+    shown = sum(len(images) for clients in task["gallery"].values() for images in clients.values())
+    assert shown == images, (shown, images)
+    sample = next(iter(next(iter(task["gallery"].values())).values()))[0]["src"]
+    with urllib.request.urlopen(f"http://{args.monitor}{sample}", timeout=10) as response:
+        assert response.headers["content-type"] == "image/jpeg"
+    sys.stdout.write(f"monitor: the task page's data lists {shown} heatmaps and serves them\n")
 
 
 if __name__ == "__main__":

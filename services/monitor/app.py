@@ -1,0 +1,165 @@
+"""A read-only web page over the store: tasks, per-round metrics as charts, and
+the heatmaps of every round, client and class.
+
+Everything is read through the ``ObjectStore`` interface (a local folder or
+S3/MinIO); images are streamed by this server, so a browser needs no access to
+the store. Only GET and HEAD are routed: nothing can be written through it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from fedxai.errors import InvalidArgument, ObjectNotFound
+from fedxai.storage import ObjectStore
+from fedxai.storage.layout import (
+    MANIFEST_NAME,
+    METRICS_NAME,
+    client_prefix,
+    metrics_key,
+    parse_round_dir,
+    validate_id,
+)
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+_IMAGE_NAME = re.compile(r"gradcam_class_\d{1,4}\.jpg")
+
+
+def _not_found(what: str) -> HTTPException:
+    return HTTPException(status_code=404, detail=what)
+
+
+def _checked_id(kind: str, value: str) -> str:
+    try:
+        return validate_id(kind, value)
+    except InvalidArgument:
+        raise _not_found(f"no {kind} {value!r}") from None
+
+
+class Monitor:
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def tasks(self) -> list[dict[str, Any]]:
+        found = []
+        for info in self.store.list():
+            parts = info.key.split("/")
+            if len(parts) == 2 and parts[1] == METRICS_NAME:
+                document = self._json(info.key) or {}
+                rounds = [r for r in document.get("rounds", []) if r.get("round", 0) > 0]
+                last = rounds[-1]["global"]["accuracy"] if rounds else None
+                found.append(
+                    {
+                        "task": parts[0],
+                        "status": document.get("status", "unknown"),
+                        "rounds": len(rounds),
+                        "num_rounds": document.get("num_rounds"),
+                        "accuracy": last,
+                        "updated_at": document.get("updated_at", ""),
+                    }
+                )
+        return found
+
+    def task(self, task: str) -> dict[str, Any]:
+        """The metrics document and the gallery index of one task."""
+        _checked_id("task", task)
+        metrics = self._json(metrics_key(task))
+        if metrics is None:
+            raise _not_found(f"no task {task!r}")
+        gallery: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        for info in self.store.list(f"{task}/"):
+            parts = info.key.split("/")
+            if len(parts) != 4 or parts[3] != MANIFEST_NAME:
+                continue
+            round_number = parse_round_dir(parts[1])
+            manifest = self._json(info.key) if round_number is not None else None
+            if manifest is None:
+                continue
+            images = [
+                {
+                    "label": entry.get("label"),
+                    "predicted_class": entry.get("predicted_class"),
+                    "probability": entry.get("probability"),
+                    "method": entry.get("method"),
+                    "target_layer": entry.get("target_layer"),
+                    "cam_max": entry.get("cam_max"),
+                    "degenerate": entry.get("degenerate"),
+                    "src": f"/images/{task}/{round_number}/{parts[2]}/{Path(str(entry.get('key', ''))).name}",
+                }
+                for entry in manifest.get("images", [])
+                if isinstance(entry, dict)
+            ]
+            gallery.setdefault(str(round_number), {})[parts[2]] = images
+        return {"task": task, "metrics": metrics, "gallery": gallery}
+
+    def image(self, task: str, round_number: int, client: str, name: str) -> bytes:
+        _checked_id("task", task)
+        _checked_id("client", client)
+        if not _IMAGE_NAME.fullmatch(name):
+            raise _not_found(f"no image {name!r}")
+        try:
+            return self.store.get(f"{client_prefix(task, round_number, client)}/{name}")
+        except ObjectNotFound:
+            raise _not_found(f"no image {name!r} for {task} round {round_number} {client}") from None
+
+    def _json(self, key: str) -> dict[str, Any] | None:
+        try:
+            document = json.loads(self.store.get(key))
+        except ObjectNotFound:
+            return None
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            log.warning("ignoring unreadable %s: %s", key, error)
+            return None
+        return document if isinstance(document, dict) else None
+
+
+def create_app(store: ObjectStore) -> Starlette:
+    monitor = Monitor(store)
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+
+    async def index(request: Request) -> Response:
+        return templates.TemplateResponse(request, "index.html", {"tasks": monitor.tasks()})
+
+    async def task_page(request: Request) -> Response:
+        task = request.path_params["task"]
+        monitor.task(task)  # 404 before rendering anything
+        return templates.TemplateResponse(request, "task.html", {"task": task})
+
+    async def task_api(request: Request) -> Response:
+        return JSONResponse(monitor.task(request.path_params["task"]))
+
+    async def image(request: Request) -> Response:
+        p = request.path_params
+        data = monitor.image(p["task"], p["round"], p["client"], p["name"])
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
+
+    async def not_found(request: Request, error: Exception) -> Response:
+        detail = getattr(error, "detail", "not found")
+        status = getattr(error, "status_code", 404)
+        return templates.TemplateResponse(
+            request, "error.html", {"status": status, "detail": detail}, status_code=status
+        )
+
+    return Starlette(
+        routes=[
+            Route("/", index),
+            Route("/tasks/{task}", task_page),
+            Route("/api/tasks/{task}", task_api),
+            Route("/images/{task}/{round:int}/{client}/{name}", image),
+            Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
+        ],
+        exception_handlers={404: not_found, 405: not_found},
+    )
