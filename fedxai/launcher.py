@@ -25,9 +25,8 @@ from typing import Any, TextIO
 import tomli_w
 
 from fedxai.data import load_pool
-from fedxai.errors import ObjectNotFound
 from fedxai.settings import SettingsError, StorageSettings, parse_address
-from fedxai.storage import ObjectStore, open_store
+from fedxai.storage import ObjectStore, open_store, read_document
 from fedxai.storage.layout import metrics_key
 from fedxai.task import TaskConfig
 
@@ -214,11 +213,8 @@ def _wait_for_explainer(address: str, children: Children) -> None:
 
 def _read_metrics(store: ObjectStore, task_name: str, started: str) -> dict[str, Any] | None:
     """This run's metrics document, or None before the aggregator wrote one."""
-    try:
-        document = json.loads(store.get(metrics_key(task_name)))
-    except (ObjectNotFound, json.JSONDecodeError):
-        return None
-    return document if document.get("started_at", "") >= started else None
+    document = read_document(store, metrics_key(task_name))
+    return document if document and document.get("started_at", "") >= started else None
 
 
 def say(out: TextIO, line: str) -> None:

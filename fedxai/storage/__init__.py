@@ -1,8 +1,15 @@
 """Object storage behind one interface: a local folder or S3/MinIO."""
 
+import json
+import logging
+from typing import Any
+
+from fedxai.errors import ObjectNotFound
 from fedxai.settings import StorageSettings
 from fedxai.storage.base import ObjectInfo, ObjectStore
 from fedxai.storage.local import LocalStore
+
+log = logging.getLogger(__name__)
 
 
 def open_store(settings: StorageSettings) -> ObjectStore:
@@ -14,4 +21,18 @@ def open_store(settings: StorageSettings) -> ObjectStore:
     return LocalStore(settings.output_dir)
 
 
-__all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "open_store"]
+def read_document(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    """The JSON object at ``key`` (a manifest, metrics.json); None when there is
+    none, or when it is unreadable, which is logged: one bad document must not
+    break the listing of the others."""
+    try:
+        document = json.loads(store.get(key))
+    except ObjectNotFound:
+        return None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        log.warning("ignoring unreadable %s: %s", key, error)
+        return None
+    return document if isinstance(document, dict) else None
+
+
+__all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "open_store", "read_document"]

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from fedxai import __version__
-from fedxai.errors import InvalidArgument, ObjectNotFound
+from fedxai.errors import InvalidArgument
 from fedxai.models import ARCHITECTURES
-from fedxai.storage import ObjectStore
+from fedxai.storage import ObjectStore, read_document
 from fedxai.storage.layout import (
     MANIFEST_NAME,
     class_image_key,
@@ -175,7 +175,7 @@ class ExplanationService:
     def _write_manifest(self, job: ExplainJob, entries: list[dict]) -> str:
         """Writes the manifest, keeping entries of classes this call did not redraw."""
         key = manifest_key(job.task_id, job.round, job.client_id)
-        previous = self._read_manifest(key)
+        previous = read_document(self.store, key)
         redrawn = {entry["label"] for entry in entries}
         kept = [e for e in (previous or {}).get("images", []) if e.get("label") not in redrawn]
         manifest = {
@@ -186,17 +186,6 @@ class ExplanationService:
         }
         self.store.put(key, json.dumps(manifest, indent=2).encode(), "application/json")
         return key
-
-    def _read_manifest(self, key: str) -> dict | None:
-        """The manifest at ``key``; None when there is none or it is unreadable."""
-        try:
-            manifest = json.loads(self.store.get(key))
-        except ObjectNotFound:
-            return None
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            log.warning("ignoring unreadable manifest %s: %s", key, error)
-            return None
-        return manifest if isinstance(manifest, dict) else None
 
     def list_explanations(self, request: pb.ListExplanationsRequest) -> pb.ListExplanationsResponse:
         if request.task_id:
@@ -224,7 +213,7 @@ class ExplanationService:
                 continue
             if (has_round and round_number != request.round) or (request.client_id and parts[2] != request.client_id):
                 continue
-            manifest = self._read_manifest(info.key)
+            manifest = read_document(self.store, info.key)
             for entry in (manifest or {}).get("images", []):
                 try:
                     listed = self._listed(entry, parts[0], round_number, parts[2])

@@ -8,8 +8,6 @@ the store. Only GET and HEAD are routed: nothing can be written through it.
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -23,7 +21,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from fedxai.errors import InvalidArgument, ObjectNotFound
-from fedxai.storage import ObjectStore
+from fedxai.storage import ObjectStore, read_document
 from fedxai.storage.layout import (
     MANIFEST_NAME,
     METRICS_NAME,
@@ -33,7 +31,6 @@ from fedxai.storage.layout import (
     validate_id,
 )
 
-log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 _IMAGE_NAME = re.compile(r"gradcam_class_\d{1,4}\.jpg")
 
@@ -58,7 +55,7 @@ class Monitor:
         for info in self.store.list():
             parts = info.key.split("/")
             if len(parts) == 2 and parts[1] == METRICS_NAME:
-                document = self._json(info.key) or {}
+                document = read_document(self.store, info.key) or {}
                 rounds = [r for r in document.get("rounds", []) if r.get("round", 0) > 0]
                 last = rounds[-1]["global"]["accuracy"] if rounds else None
                 found.append(
@@ -76,7 +73,7 @@ class Monitor:
     def task(self, task: str) -> dict[str, Any]:
         """The metrics document and the gallery index of one task."""
         _checked_id("task", task)
-        metrics = self._json(metrics_key(task))
+        metrics = read_document(self.store, metrics_key(task))
         if metrics is None:
             raise _not_found(f"no task {task!r}")
         gallery: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -85,7 +82,7 @@ class Monitor:
             if len(parts) != 4 or parts[3] != MANIFEST_NAME:
                 continue
             round_number = parse_round_dir(parts[1])
-            manifest = self._json(info.key) if round_number is not None else None
+            manifest = read_document(self.store, info.key) if round_number is not None else None
             if manifest is None:
                 continue
             images = [
@@ -114,16 +111,6 @@ class Monitor:
             return self.store.get(f"{client_prefix(task, round_number, client)}/{name}")
         except ObjectNotFound:
             raise _not_found(f"no image {name!r} for {task} round {round_number} {client}") from None
-
-    def _json(self, key: str) -> dict[str, Any] | None:
-        try:
-            document = json.loads(self.store.get(key))
-        except ObjectNotFound:
-            return None
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            log.warning("ignoring unreadable %s: %s", key, error)
-            return None
-        return document if isinstance(document, dict) else None
 
 
 def create_app(store: ObjectStore) -> Starlette:
