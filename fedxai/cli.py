@@ -153,9 +153,14 @@ def _monitor(args: argparse.Namespace) -> int:
 
 def _download_mnist(args: argparse.Namespace) -> int:
     from fedxai.data import ensure_downloaded
+    from fedxai.mnist import available_splits
 
+    directory = Path(args.directory)
+    if available_splits(directory):  # a folder people filled themselves is used as it is
+        sys.stdout.write(f"MNIST IDX files already in {directory}\n")
+        return 0
     try:
-        directory = ensure_downloaded(Path(args.directory))
+        ensure_downloaded(directory)
     except FileNotFoundError as error:
         raise SettingsError(str(error)) from None
     sys.stdout.write(f"MNIST IDX files in {directory}\n")

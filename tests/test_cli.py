@@ -93,3 +93,11 @@ def test_port_in_use_is_reported(tmp_path):
         )
     assert result.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+
+
+def test_download_mnist_leaves_a_filled_folder_alone(tmp_path):
+    from tests.conftest import MNIST_DIR
+
+    result = run_fedxai("download-mnist", str(MNIST_DIR), env=clean_env())
+    assert result.returncode == 0, result.stderr
+    assert f"MNIST IDX files already in {MNIST_DIR}" in result.stdout
