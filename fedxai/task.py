@@ -9,7 +9,7 @@ message naming them, so a typo fails before anything starts.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -30,6 +30,16 @@ CAM_METHODS = {
     "xgrad-cam": "CAM_METHOD_XGRAD_CAM",
     "layercam": "CAM_METHOD_LAYER_CAM",
 }
+
+
+# (settings, the condition each value must meet, how to say it)
+_BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
+    (("num-server-rounds", "local-epochs", "batch-size", "samples-per-class"), lambda v: v >= 1, "must be at least 1"),
+    (("min-train-nodes", "min-evaluate-nodes", "max-samples"), lambda v: v >= 0, "must not be negative"),
+    (("fraction-train", "fraction-evaluate"), lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
+    (("validation-fraction", "test-fraction"), lambda v: 0.0 < v < 1.0, "must lie strictly between 0 and 1"),
+    (("learning-rate", "dirichlet-alpha", "explainer-timeout"), lambda v: v > 0, "must be positive"),
+)
 
 
 @dataclass(frozen=True)
@@ -87,21 +97,10 @@ class TaskConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("partitioning", self.partitioning, PARTITIONINGS)
         _choice("cam-method", self.cam_method, tuple(CAM_METHODS))
-        for name in ("num-server-rounds", "local-epochs", "batch-size", "samples-per-class"):
-            if getattr(self, name.replace("-", "_")) < 1:
-                raise SettingsError(f"{name} must be at least 1")
-        for name in ("min-train-nodes", "min-evaluate-nodes", "max-samples"):
-            if getattr(self, name.replace("-", "_")) < 0:
-                raise SettingsError(f"{name} must not be negative")
-        for name in ("fraction-train", "fraction-evaluate"):
-            if not 0.0 <= getattr(self, name.replace("-", "_")) <= 1.0:
-                raise SettingsError(f"{name} must lie in [0, 1]")
-        for name in ("validation-fraction", "test-fraction"):
-            if not 0.0 < getattr(self, name.replace("-", "_")) < 1.0:
-                raise SettingsError(f"{name} must lie strictly between 0 and 1")
-        for name in ("learning-rate", "dirichlet-alpha", "explainer-timeout"):
-            if getattr(self, name.replace("-", "_")) <= 0:
-                raise SettingsError(f"{name} must be positive")
+        for names, holds, requirement in _BOUNDS:
+            for name in names:
+                if not holds(getattr(self, name.replace("-", "_"))):
+                    raise SettingsError(f"{name} {requirement}")
         parse_address("explainer-address", self.explainer_address)
         if self.samples_per_class > MAX_SAMPLES_PER_CLASS:
             raise SettingsError(f"samples-per-class must be at most {MAX_SAMPLES_PER_CLASS}")

@@ -54,9 +54,10 @@ def pick_samples_per_class(labels: np.ndarray, predicted: np.ndarray, probabilit
     return picks
 
 
-def describe_samples(labels: torch.Tensor, result: CamResult) -> list[pb.SampleExplanation]:
+def describe_samples(
+    labels: torch.Tensor, predicted: torch.Tensor, confidence: torch.Tensor, result: CamResult
+) -> list[pb.SampleExplanation]:
     """Per sample: prediction, confidence, the raw map and its statistics."""
-    confidence, predicted = torch.softmax(result.logits, dim=1).max(dim=1)
     maps = result.maps
     peaks = maps.amax(dim=(1, 2))
     means = maps.mean(dim=(1, 2))
@@ -102,11 +103,9 @@ class ExplanationService:
         cam = job.method(job.model, job.target_layer)
         result = cam.compute(job.normalised_inputs(), None if job.explain_predicted else job.labels)
         response = pb.ExplainResponse(method=cam.name, target_layer=cam.layer_name, model_sha256=job.model_sha256)
-        response.samples.extend(describe_samples(job.labels, result))
-
-        confidence = np.array([s.probability for s in response.samples])
-        predicted = np.array([s.predicted_class for s in response.samples])
-        picks = pick_samples_per_class(job.labels.numpy(), predicted, confidence)
+        confidence, predicted = torch.softmax(result.logits, dim=1).max(dim=1)
+        response.samples.extend(describe_samples(job.labels, predicted, confidence, result))
+        picks = pick_samples_per_class(job.labels.numpy(), predicted.numpy(), confidence.numpy())
         indices = list(picks.values())
         # Only the drawn samples need maps at the input size.
         heat = normalise(upsample(result.maps[indices], (job.pixels.shape[2], job.pixels.shape[3]))).numpy()
