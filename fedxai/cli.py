@@ -33,6 +33,7 @@ def _explainer(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_mib * MIB,
         max_batch_size=args.max_batch_size,
         workers=args.workers,
+        cached_models=args.cached_models,
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,
     )
@@ -196,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     explainer.add_argument("--max-message-mib", type=int, default=64, help="largest request or response")
     explainer.add_argument("--max-batch-size", type=int, default=1024, help="most samples per Explain call")
     explainer.add_argument("--workers", type=int, default=4, help="requests served at once")
+    explainer.add_argument(
+        "--cached-models", type=int, default=4, help="decoded models kept for the next requests (0: none)"
+    )
     explainer.add_argument("--tls-cert-file", default="", help="PEM certificate chain: serve TLS")
     explainer.add_argument("--tls-key-file", default="", help="PEM private key of the certificate")
     explainer.set_defaults(handler=_explainer)

@@ -22,6 +22,10 @@ class NotFound(FedxaiError):
     """Something the request refers to does not exist."""
 
 
+class FailedPrecondition(FedxaiError):
+    """What the request refers to is not in the state it expects (a checkpoint changed)."""
+
+
 class ResourceExhausted(FedxaiError):
     """The request is over a configured size limit."""
 

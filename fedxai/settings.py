@@ -105,6 +105,7 @@ class ExplainerSettings:
     max_message_bytes: int = 64 * MIB
     max_batch_size: int = 1024
     workers: int = 4
+    cached_models: int = 4  # decoded models kept for reuse; 0: none
     grace_seconds: float = 5.0
     # PEM files; both set: TLS, neither: plaintext.
     tls_cert_file: str = ""
@@ -120,3 +121,5 @@ class ExplainerSettings:
         for name in ("max_message_bytes", "max_batch_size", "workers"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.cached_models < 0:
+            raise SettingsError(f"cached_models must not be negative, got {self.cached_models}")

@@ -3,6 +3,8 @@ server keeps serving and stores nothing for the failed call."""
 
 from __future__ import annotations
 
+import hashlib
+
 import grpc
 import numpy as np
 import pytest
@@ -168,6 +170,12 @@ BAD_REQUESTS = [
         "model_ref.key: no checkpoint at 'xaitest/round-009/global_model.safetensors'",
     ),
     (
+        "checkpoint hash malformed",
+        lambda r, w: r.model_ref.CopyFrom(pb.ModelRef(key="xaitest/round-001/global_model.safetensors", sha256="abc")),
+        INVALID,
+        "model_ref.sha256: is not 64 lowercase hex digits",
+    ),
+    (
         "checkpoint key escapes",
         lambda r, w: r.model_ref.CopyFrom(pb.ModelRef(key="../../etc/passwd")),
         INVALID,
@@ -217,6 +225,22 @@ def test_checkpoint_without_architecture_metadata_asks_for_one(stub, local_store
     assert "model_ref.architecture: not given, and the checkpoint's metadata names none" in raised.value.details()
     good_request.model_ref.architecture = "mnist_cnn"
     assert len(stub.Explain(good_request, timeout=30).samples) == 4
+
+
+def test_checkpoint_that_changed_since_it_was_named_is_refused(stub, local_store, good_request, mnist_weights):
+    key = "xaitest/round-001/global_model.safetensors"
+    local_store.put(key, mnist_weights, "application/octet-stream")
+    actual = hashlib.sha256(mnist_weights).hexdigest()
+    named = pb.ExplainRequest()
+    named.CopyFrom(good_request)
+    named.model_ref.CopyFrom(pb.ModelRef(key=key, sha256="0" * 64))
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Explain(named, timeout=30)
+    assert raised.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"model_ref.sha256: the checkpoint's SHA-256 is {actual}, not {'0' * 64}" in raised.value.details()
+    assert [info.key for info in local_store.list()] == [key], "nothing may be stored for a refused request"
+    named.model_ref.sha256 = actual
+    assert stub.Explain(named, timeout=30).model_sha256 == actual
 
 
 def test_message_over_the_size_limit_is_refused_and_the_server_goes_on(tmp_path, good_request):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import threading
 from concurrent import futures
 
@@ -11,6 +13,7 @@ import pytest
 
 from fedxai.data import Dataset
 from fedxai.models import ARCHITECTURES
+from fedxai.tensors import encode_state_dict
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 from services.trainer.explainer_link import Outbox, build_request, deliver, samples_per_class
@@ -59,13 +62,49 @@ def test_delivered_when_the_explainer_is_up(explainer, local_store, trained_mnis
     assert outbox.pending() == []
 
 
+def test_sent_naming_the_checkpoint_when_there_is_one(explainer, local_store, trained_mnist_cnn, validation, tmp_path):
+    # A checkpoint with other bytes than the inline weights: the manifest shows which was explained.
+    checkpoint = encode_state_dict(trained_mnist_cnn.state_dict(), {"architecture": ARCH.name, "round": "1"})
+    local_store.put("xaitest/round-001/global_model.safetensors", checkpoint, "application/octet-stream")
+    reference = pb.ModelRef(
+        key="xaitest/round-001/global_model.safetensors",
+        architecture=ARCH.name,
+        sha256=hashlib.sha256(checkpoint).hexdigest(),
+    )
+    outbox = Outbox(tmp_path / "outbox")
+    request = request_for(1, trained_mnist_cnn, validation)
+    delivery = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, request, checkpoint=reference)
+    assert (delivery.sent, delivery.stored, delivery.queued, delivery.rejected) == (1, 10, 0, 0)
+    manifest = json.loads(local_store.get("xaitest/round-001/client-0/explanations.json"))
+    assert {entry["model_sha256"] for entry in manifest["images"]} == {reference.sha256}
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["missing", "changed"])
+def test_weights_are_sent_when_the_checkpoint_cannot_be_used(
+    explainer, local_store, trained_mnist_cnn, validation, tmp_path, stored
+):
+    key = "xaitest/round-001/global_model.safetensors"
+    if stored:  # since overwritten, say by a later run of the same task
+        local_store.put(key, encode_state_dict(trained_mnist_cnn.state_dict(), {}), "application/octet-stream")
+    outbox = Outbox(tmp_path / "outbox")
+    request = request_for(1, trained_mnist_cnn, validation)
+    reference = pb.ModelRef(key=key, architecture=ARCH.name, sha256="0" * 64)
+    delivery = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, request, checkpoint=reference)
+    assert (delivery.sent, delivery.stored, delivery.queued, delivery.rejected) == (1, 10, 0, 0)
+    manifest = json.loads(local_store.get("xaitest/round-001/client-0/explanations.json"))
+    inline_sha256 = hashlib.sha256(request.inline_model.safetensors).hexdigest()
+    assert {entry["model_sha256"] for entry in manifest["images"]} == {inline_sha256}
+
+
 def test_queued_while_down_then_delivered_oldest_first(explainer, local_store, trained_mnist_cnn, validation, tmp_path):
     outbox = Outbox(tmp_path / "outbox")
     first = request_for(1, trained_mnist_cnn, validation)
-    down = deliver(f"127.0.0.1:{free_port()}", 5, outbox, first)
+    checkpoint = pb.ModelRef(key="xaitest/round-001/global_model.safetensors", sha256="0" * 64)
+    down = deliver(f"127.0.0.1:{free_port()}", 5, outbox, first, checkpoint=checkpoint)
     assert (down.sent, down.queued) == (0, 1)
     (queued,) = outbox.pending()
-    assert pb.ExplainRequest.FromString(queued.read_bytes()) == first  # protobuf on disk, not pickle
+    # Protobuf on disk, not pickle; with the weights, so it needs no checkpoint later.
+    assert pb.ExplainRequest.FromString(queued.read_bytes()) == first
 
     up = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, request_for(2, trained_mnist_cnn, validation))
     assert (up.sent, up.stored, up.queued) == (2, 20, 0)

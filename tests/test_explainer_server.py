@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -143,6 +144,28 @@ def test_explain_from_png_images_and_a_stored_checkpoint(stub, local_store, digi
         assert from_png.predicted_class == from_tensor.predicted_class
         np.testing.assert_allclose(from_png.cam, from_tensor.cam, rtol=1e-4, atol=1e-6)
     assert local_store.exists("xaitest/round-003/grpcurl/explanations.json")
+
+
+def test_a_checkpoint_named_with_its_hash_is_read_once(stub, local_store, digits, mnist_weights):
+    images, labels = digits
+    key = global_model_key("xaitest", 2)
+    local_store.put(key, mnist_weights, "application/octet-stream")
+    sha256 = hashlib.sha256(mnist_weights).hexdigest()
+    named = explain_request(images, labels, mnist_weights, model_ref=pb.ModelRef(key=key, sha256=sha256))
+    first = stub.Explain(named, timeout=60)
+    assert first.model_sha256 == sha256
+
+    # The explainer kept the decoded model: the same hash needs no read, even once
+    # the object is gone, and gives the same maps. Without the hash, it must read.
+    (local_store.root / key).unlink()
+    again = stub.Explain(named, timeout=60)
+    assert again.model_sha256 == sha256
+    for a, b in zip(first.samples, again.samples, strict=True):
+        assert a.cam == b.cam
+    named.model_ref.sha256 = ""
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Explain(named, timeout=60)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 @pytest.mark.parametrize(

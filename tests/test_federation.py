@@ -3,6 +3,7 @@ a real Explainer, real MNIST; small enough for CI."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -92,6 +93,12 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
         assert entry["xai"] == {"sent": 2, "stored": 20, "queued": 0, "rejected": 0}
         assert 0 < entry["evaluate"]["eval-accuracy"] <= 1
         assert entry["checkpoint"] == f"xaitest/round-{entry['round']:03d}/global_model.safetensors"
+        checkpoint = (tmp_path / "out" / entry["checkpoint"]).read_bytes()
+        assert entry["checkpoint_sha256"] == hashlib.sha256(checkpoint).hexdigest()
+        # The trainers named the checkpoint of the model they evaluated, rather than sending it.
+        for client in ("client-0", "client-1"):
+            manifest = json.loads((out / f"round-{entry['round']:03d}" / client / "explanations.json").read_text())
+            assert {image["model_sha256"] for image in manifest["images"]} == {entry["checkpoint_sha256"]}
     assert wait_until_gone(tmp_path / "work") == []
 
 

@@ -32,7 +32,7 @@ ROUNDS, CLIENTS = (1, 2), ("client-0", "client-1")
 def filled_store(tmp_path_factory, mnist, mnist_weights) -> LocalStore:
     """Two rounds of two clients' heatmaps made by the explainer, and the run's metrics.json."""
     store = LocalStore(tmp_path_factory.mktemp("store"))
-    service = ExplanationService(store, Limits(64 << 20, 1024))
+    service = ExplanationService(store, Limits(64 << 20, 1024, cached_models=4))
     images, labels = mnist
     for round_number in ROUNDS:
         for client in CLIENTS:

@@ -53,6 +53,7 @@ def test_bad_storage_settings_are_named(env, message):
         ({"address": "localhost:http"}, "non-numeric port"),
         ({"address": "localhost:70000"}, "out of range"),
         ({"max_batch_size": 0}, "max_batch_size must be positive"),
+        ({"cached_models": -1}, "cached_models must not be negative"),
     ],
 )
 def test_bad_explainer_settings_are_named(kwargs, message):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,10 +17,6 @@ class LocalStore(ObjectStore):
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
-        # Files get the mode any other file would; read once, as os.umask can only be read by setting it.
-        umask = os.umask(0o022)
-        os.umask(umask)
-        self.file_mode = 0o666 & ~umask
 
     def _path(self, key: str) -> Path:
         validate_key("key", key)
@@ -44,15 +40,15 @@ class LocalStore(ObjectStore):
         # The manifest records the metadata; a folder has nowhere native to keep it.
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a reader never sees half a file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # Write then rename, so a reader never sees half a file. The mode is what
+        # the umask makes of rw-rw-rw-, as for any other file.
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            os.fchmod(fd, self.file_mode)  # mkstemp makes owner-only files
-            with os.fdopen(fd, "wb") as handle:
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as handle:
                 handle.write(data)
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
 
     def get(self, key: str) -> bytes:

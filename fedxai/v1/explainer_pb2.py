@@ -24,49 +24,49 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64xai/v1/explainer.proto\x12\tfedxai.v1\"8\n\x0bInlineModel\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x13\n\x0bsafetensors\x18\x02 \x01(\x0c\"-\n\x08ModelRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\"F\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.fedxai.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x1f\n\rEncodedImages\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"*\n\rNormalization\x12\x0c\n\x04mean\x18\x01 \x03(\x02\x12\x0b\n\x03std\x18\x02 \x03(\x02\"\xb6\x03\n\x0e\x45xplainRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12.\n\x0cinline_model\x18\x04 \x01(\x0b\x32\x16.fedxai.v1.InlineModelH\x00\x12(\n\tmodel_ref\x18\x05 \x01(\x0b\x32\x13.fedxai.v1.ModelRefH\x00\x12#\n\x06tensor\x18\x06 \x01(\x0b\x32\x11.fedxai.v1.TensorH\x01\x12*\n\x06images\x18\x07 \x01(\x0b\x32\x18.fedxai.v1.EncodedImagesH\x01\x12\x0e\n\x06labels\x18\x08 \x03(\x05\x12/\n\rnormalization\x18\t \x01(\x0b\x32\x18.fedxai.v1.Normalization\x12$\n\x06method\x18\n \x01(\x0e\x32\x14.fedxai.v1.CamMethod\x12\x14\n\x0ctarget_layer\x18\x0b \x01(\t\x12&\n\x06target\x18\x0c \x01(\x0e\x32\x16.fedxai.v1.TargetClass\x12\r\n\x05store\x18\r \x01(\x08\x42\x07\n\x05modelB\t\n\x07samples\"\xe8\x01\n\x11SampleExplanation\x12\r\n\x05index\x18\x01 \x01(\r\x12\x12\n\ntrue_label\x18\x02 \x01(\x05\x12\x17\n\x0fpredicted_class\x18\x03 \x01(\x05\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\x12\x17\n\x0f\x65xplained_class\x18\x05 \x01(\x05\x12\x0f\n\x07\x63\x61m_max\x18\x06 \x01(\x02\x12\x10\n\x08\x63\x61m_mean\x18\x07 \x01(\x02\x12\x12\n\ndegenerate\x18\x08 \x01(\x08\x12\x12\n\ncam_height\x18\t \x01(\r\x12\x11\n\tcam_width\x18\n \x01(\r\x12\x0b\n\x03\x63\x61m\x18\x0b \x03(\x02\"\x87\x01\n\nClassImage\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x14\n\x0csample_index\x18\x02 \x01(\r\x12\x17\n\x0fpredicted_class\x18\x03 \x01(\x05\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x0b\n\x03url\x18\x06 \x01(\t\x12\x0c\n\x04jpeg\x18\x07 \x01(\x0c\"\xb9\x01\n\x0f\x45xplainResponse\x12-\n\x07samples\x18\x01 \x03(\x0b\x32\x1c.fedxai.v1.SampleExplanation\x12%\n\x06images\x18\x02 \x03(\x0b\x32\x15.fedxai.v1.ClassImage\x12\x14\n\x0cmanifest_key\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x14\n\x0ctarget_layer\x18\x05 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\t\"[\n\x17ListExplanationsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\x05round\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x11\n\tclient_id\x18\x03 \x01(\tB\x08\n\x06_round\"\xa4\x02\n\x11StoredExplanation\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12\x11\n\tclient_id\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\x05\x12\x17\n\x0fpredicted_class\x18\x07 \x01(\x05\x12\x13\n\x0bprobability\x18\x08 \x01(\x02\x12\x0e\n\x06method\x18\t \x01(\t\x12\x14\n\x0ctarget_layer\x18\n \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x0b \x01(\t\x12\x0f\n\x07\x63\x61m_max\x18\x0c \x01(\x02\x12\x10\n\x08\x63\x61m_mean\x18\r \x01(\x02\x12\x12\n\ndegenerate\x18\x0e \x01(\x08\x12\x12\n\ncreated_at\x18\x0f \x01(\t\"N\n\x18ListExplanationsResponse\x12\x32\n\x0c\x65xplanations\x18\x01 \x03(\x0b\x32\x1c.fedxai.v1.StoredExplanation\"\x10\n\x0eGetInfoRequest\"\xa4\x01\n\x0c\x41rchitecture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binput_shape\x18\x02 \x03(\r\x12\x13\n\x0bnum_classes\x18\x03 \x01(\r\x12\x1c\n\x14\x64\x65\x66\x61ult_target_layer\x18\x04 \x01(\t\x12\x13\n\x0b\x63onv_layers\x18\x05 \x03(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_mean\x18\x06 \x03(\x02\x12\x13\n\x0b\x64\x65\x66\x61ult_std\x18\x07 \x03(\x02\"\xa7\x01\n\x0fGetInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07methods\x18\x02 \x03(\t\x12.\n\rarchitectures\x18\x03 \x03(\x0b\x32\x17.fedxai.v1.Architecture\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\r\x12\x0f\n\x07storage\x18\x06 \x01(\t*\xb1\x01\n\tCamMethod\x12\x1a\n\x16\x43\x41M_METHOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41M_METHOD_GRAD_CAM\x10\x01\x12!\n\x1d\x43\x41M_METHOD_GRAD_CAM_PLUS_PLUS\x10\x02\x12\x18\n\x14\x43\x41M_METHOD_HIRES_CAM\x10\x03\x12\x18\n\x14\x43\x41M_METHOD_XGRAD_CAM\x10\x04\x12\x18\n\x14\x43\x41M_METHOD_LAYER_CAM\x10\x05*d\n\x0bTargetClass\x12\x1c\n\x18TARGET_CLASS_UNSPECIFIED\x10\x00\x12\x1b\n\x17TARGET_CLASS_TRUE_LABEL\x10\x01\x12\x1a\n\x16TARGET_CLASS_PREDICTED\x10\x02*B\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x02\x32\xec\x01\n\tExplainer\x12@\n\x07\x45xplain\x12\x19.fedxai.v1.ExplainRequest\x1a\x1a.fedxai.v1.ExplainResponse\x12[\n\x10ListExplanations\x12\".fedxai.v1.ListExplanationsRequest\x1a#.fedxai.v1.ListExplanationsResponse\x12@\n\x07GetInfo\x12\x19.fedxai.v1.GetInfoRequest\x1a\x1a.fedxai.v1.GetInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64xai/v1/explainer.proto\x12\tfedxai.v1\"8\n\x0bInlineModel\x12\x14\n\x0c\x61rchitecture\x18\x01 \x01(\t\x12\x13\n\x0bsafetensors\x18\x02 \x01(\x0c\"=\n\x08ModelRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x02 \x01(\t\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"F\n\x06Tensor\x12\r\n\x05shape\x18\x01 \x03(\x03\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.fedxai.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x1f\n\rEncodedImages\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"*\n\rNormalization\x12\x0c\n\x04mean\x18\x01 \x03(\x02\x12\x0b\n\x03std\x18\x02 \x03(\x02\"\xb6\x03\n\x0e\x45xplainRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x11\n\tclient_id\x18\x03 \x01(\t\x12.\n\x0cinline_model\x18\x04 \x01(\x0b\x32\x16.fedxai.v1.InlineModelH\x00\x12(\n\tmodel_ref\x18\x05 \x01(\x0b\x32\x13.fedxai.v1.ModelRefH\x00\x12#\n\x06tensor\x18\x06 \x01(\x0b\x32\x11.fedxai.v1.TensorH\x01\x12*\n\x06images\x18\x07 \x01(\x0b\x32\x18.fedxai.v1.EncodedImagesH\x01\x12\x0e\n\x06labels\x18\x08 \x03(\x05\x12/\n\rnormalization\x18\t \x01(\x0b\x32\x18.fedxai.v1.Normalization\x12$\n\x06method\x18\n \x01(\x0e\x32\x14.fedxai.v1.CamMethod\x12\x14\n\x0ctarget_layer\x18\x0b \x01(\t\x12&\n\x06target\x18\x0c \x01(\x0e\x32\x16.fedxai.v1.TargetClass\x12\r\n\x05store\x18\r \x01(\x08\x42\x07\n\x05modelB\t\n\x07samples\"\xe8\x01\n\x11SampleExplanation\x12\r\n\x05index\x18\x01 \x01(\r\x12\x12\n\ntrue_label\x18\x02 \x01(\x05\x12\x17\n\x0fpredicted_class\x18\x03 \x01(\x05\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\x12\x17\n\x0f\x65xplained_class\x18\x05 \x01(\x05\x12\x0f\n\x07\x63\x61m_max\x18\x06 \x01(\x02\x12\x10\n\x08\x63\x61m_mean\x18\x07 \x01(\x02\x12\x12\n\ndegenerate\x18\x08 \x01(\x08\x12\x12\n\ncam_height\x18\t \x01(\r\x12\x11\n\tcam_width\x18\n \x01(\r\x12\x0b\n\x03\x63\x61m\x18\x0b \x03(\x02\"\x87\x01\n\nClassImage\x12\r\n\x05label\x18\x01 \x01(\x05\x12\x14\n\x0csample_index\x18\x02 \x01(\r\x12\x17\n\x0fpredicted_class\x18\x03 \x01(\x05\x12\x13\n\x0bprobability\x18\x04 \x01(\x02\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x0b\n\x03url\x18\x06 \x01(\t\x12\x0c\n\x04jpeg\x18\x07 \x01(\x0c\"\xb9\x01\n\x0f\x45xplainResponse\x12-\n\x07samples\x18\x01 \x03(\x0b\x32\x1c.fedxai.v1.SampleExplanation\x12%\n\x06images\x18\x02 \x03(\x0b\x32\x15.fedxai.v1.ClassImage\x12\x14\n\x0cmanifest_key\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x14\n\x0ctarget_layer\x18\x05 \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x06 \x01(\t\"[\n\x17ListExplanationsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\x05round\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x11\n\tclient_id\x18\x03 \x01(\tB\x08\n\x06_round\"\xa4\x02\n\x11StoredExplanation\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\r\n\x05round\x18\x04 \x01(\r\x12\x11\n\tclient_id\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\x05\x12\x17\n\x0fpredicted_class\x18\x07 \x01(\x05\x12\x13\n\x0bprobability\x18\x08 \x01(\x02\x12\x0e\n\x06method\x18\t \x01(\t\x12\x14\n\x0ctarget_layer\x18\n \x01(\t\x12\x14\n\x0cmodel_sha256\x18\x0b \x01(\t\x12\x0f\n\x07\x63\x61m_max\x18\x0c \x01(\x02\x12\x10\n\x08\x63\x61m_mean\x18\r \x01(\x02\x12\x12\n\ndegenerate\x18\x0e \x01(\x08\x12\x12\n\ncreated_at\x18\x0f \x01(\t\"N\n\x18ListExplanationsResponse\x12\x32\n\x0c\x65xplanations\x18\x01 \x03(\x0b\x32\x1c.fedxai.v1.StoredExplanation\"\x10\n\x0eGetInfoRequest\"\xa4\x01\n\x0c\x41rchitecture\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binput_shape\x18\x02 \x03(\r\x12\x13\n\x0bnum_classes\x18\x03 \x01(\r\x12\x1c\n\x14\x64\x65\x66\x61ult_target_layer\x18\x04 \x01(\t\x12\x13\n\x0b\x63onv_layers\x18\x05 \x03(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_mean\x18\x06 \x03(\x02\x12\x13\n\x0b\x64\x65\x66\x61ult_std\x18\x07 \x03(\x02\"\xa7\x01\n\x0fGetInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07methods\x18\x02 \x03(\t\x12.\n\rarchitectures\x18\x03 \x03(\x0b\x32\x17.fedxai.v1.Architecture\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\r\x12\x0f\n\x07storage\x18\x06 \x01(\t*\xb1\x01\n\tCamMethod\x12\x1a\n\x16\x43\x41M_METHOD_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41M_METHOD_GRAD_CAM\x10\x01\x12!\n\x1d\x43\x41M_METHOD_GRAD_CAM_PLUS_PLUS\x10\x02\x12\x18\n\x14\x43\x41M_METHOD_HIRES_CAM\x10\x03\x12\x18\n\x14\x43\x41M_METHOD_XGRAD_CAM\x10\x04\x12\x18\n\x14\x43\x41M_METHOD_LAYER_CAM\x10\x05*d\n\x0bTargetClass\x12\x1c\n\x18TARGET_CLASS_UNSPECIFIED\x10\x00\x12\x1b\n\x17TARGET_CLASS_TRUE_LABEL\x10\x01\x12\x1a\n\x16TARGET_CLASS_PREDICTED\x10\x02*B\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x02\x32\xec\x01\n\tExplainer\x12@\n\x07\x45xplain\x12\x19.fedxai.v1.ExplainRequest\x1a\x1a.fedxai.v1.ExplainResponse\x12[\n\x10ListExplanations\x12\".fedxai.v1.ListExplanationsRequest\x1a#.fedxai.v1.ListExplanationsResponse\x12@\n\x07GetInfo\x12\x19.fedxai.v1.GetInfoRequest\x1a\x1a.fedxai.v1.GetInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedxai.v1.explainer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAMMETHOD']._serialized_start=2120
-  _globals['_CAMMETHOD']._serialized_end=2297
-  _globals['_TARGETCLASS']._serialized_start=2299
-  _globals['_TARGETCLASS']._serialized_end=2399
-  _globals['_DTYPE']._serialized_start=2401
-  _globals['_DTYPE']._serialized_end=2467
+  _globals['_CAMMETHOD']._serialized_start=2136
+  _globals['_CAMMETHOD']._serialized_end=2313
+  _globals['_TARGETCLASS']._serialized_start=2315
+  _globals['_TARGETCLASS']._serialized_end=2415
+  _globals['_DTYPE']._serialized_start=2417
+  _globals['_DTYPE']._serialized_end=2483
   _globals['_INLINEMODEL']._serialized_start=40
   _globals['_INLINEMODEL']._serialized_end=96
   _globals['_MODELREF']._serialized_start=98
-  _globals['_MODELREF']._serialized_end=143
-  _globals['_TENSOR']._serialized_start=145
-  _globals['_TENSOR']._serialized_end=215
-  _globals['_ENCODEDIMAGES']._serialized_start=217
-  _globals['_ENCODEDIMAGES']._serialized_end=248
-  _globals['_NORMALIZATION']._serialized_start=250
-  _globals['_NORMALIZATION']._serialized_end=292
-  _globals['_EXPLAINREQUEST']._serialized_start=295
-  _globals['_EXPLAINREQUEST']._serialized_end=733
-  _globals['_SAMPLEEXPLANATION']._serialized_start=736
-  _globals['_SAMPLEEXPLANATION']._serialized_end=968
-  _globals['_CLASSIMAGE']._serialized_start=971
-  _globals['_CLASSIMAGE']._serialized_end=1106
-  _globals['_EXPLAINRESPONSE']._serialized_start=1109
-  _globals['_EXPLAINRESPONSE']._serialized_end=1294
-  _globals['_LISTEXPLANATIONSREQUEST']._serialized_start=1296
-  _globals['_LISTEXPLANATIONSREQUEST']._serialized_end=1387
-  _globals['_STOREDEXPLANATION']._serialized_start=1390
-  _globals['_STOREDEXPLANATION']._serialized_end=1682
-  _globals['_LISTEXPLANATIONSRESPONSE']._serialized_start=1684
-  _globals['_LISTEXPLANATIONSRESPONSE']._serialized_end=1762
-  _globals['_GETINFOREQUEST']._serialized_start=1764
-  _globals['_GETINFOREQUEST']._serialized_end=1780
-  _globals['_ARCHITECTURE']._serialized_start=1783
-  _globals['_ARCHITECTURE']._serialized_end=1947
-  _globals['_GETINFORESPONSE']._serialized_start=1950
-  _globals['_GETINFORESPONSE']._serialized_end=2117
-  _globals['_EXPLAINER']._serialized_start=2470
-  _globals['_EXPLAINER']._serialized_end=2706
+  _globals['_MODELREF']._serialized_end=159
+  _globals['_TENSOR']._serialized_start=161
+  _globals['_TENSOR']._serialized_end=231
+  _globals['_ENCODEDIMAGES']._serialized_start=233
+  _globals['_ENCODEDIMAGES']._serialized_end=264
+  _globals['_NORMALIZATION']._serialized_start=266
+  _globals['_NORMALIZATION']._serialized_end=308
+  _globals['_EXPLAINREQUEST']._serialized_start=311
+  _globals['_EXPLAINREQUEST']._serialized_end=749
+  _globals['_SAMPLEEXPLANATION']._serialized_start=752
+  _globals['_SAMPLEEXPLANATION']._serialized_end=984
+  _globals['_CLASSIMAGE']._serialized_start=987
+  _globals['_CLASSIMAGE']._serialized_end=1122
+  _globals['_EXPLAINRESPONSE']._serialized_start=1125
+  _globals['_EXPLAINRESPONSE']._serialized_end=1310
+  _globals['_LISTEXPLANATIONSREQUEST']._serialized_start=1312
+  _globals['_LISTEXPLANATIONSREQUEST']._serialized_end=1403
+  _globals['_STOREDEXPLANATION']._serialized_start=1406
+  _globals['_STOREDEXPLANATION']._serialized_end=1698
+  _globals['_LISTEXPLANATIONSRESPONSE']._serialized_start=1700
+  _globals['_LISTEXPLANATIONSRESPONSE']._serialized_end=1778
+  _globals['_GETINFOREQUEST']._serialized_start=1780
+  _globals['_GETINFOREQUEST']._serialized_end=1796
+  _globals['_ARCHITECTURE']._serialized_start=1799
+  _globals['_ARCHITECTURE']._serialized_end=1963
+  _globals['_GETINFORESPONSE']._serialized_start=1966
+  _globals['_GETINFORESPONSE']._serialized_end=2133
+  _globals['_EXPLAINER']._serialized_start=2486
+  _globals['_EXPLAINER']._serialized_end=2722
 # @@protoc_insertion_point(module_scope)

@@ -49,12 +49,14 @@ class InlineModel(_message.Message):
     def __init__(self, architecture: _Optional[str] = ..., safetensors: _Optional[bytes] = ...) -> None: ...
 
 class ModelRef(_message.Message):
-    __slots__ = ("key", "architecture")
+    __slots__ = ("key", "architecture", "sha256")
     KEY_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     key: str
     architecture: str
-    def __init__(self, key: _Optional[str] = ..., architecture: _Optional[str] = ...) -> None: ...
+    sha256: str
+    def __init__(self, key: _Optional[str] = ..., architecture: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")

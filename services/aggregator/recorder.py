@@ -18,7 +18,7 @@ from fedxai.models import Architecture
 from fedxai.storage import ObjectStore
 from fedxai.storage.layout import global_model_key, metrics_key
 from fedxai.task import TaskConfig
-from fedxai.tensors import encode_state_dict
+from fedxai.tensors import encode_state_dict, sha256_hex
 
 # Client metrics that are counts, summed per round rather than averaged.
 XAI_COUNTS = ("xai-sent", "xai-stored", "xai-queued", "xai-rejected")
@@ -58,6 +58,7 @@ class RunRecorder:
             "rounds": [],
         }
         self._pending: dict[str, Any] = {}
+        self._checkpoints: dict[int, tuple[str, str]] = {}
 
     def start_round(self) -> None:
         self.round_started = time.monotonic()
@@ -76,9 +77,19 @@ class RunRecorder:
         for client, metrics in clients.items():
             self._pending.setdefault("clients", {}).setdefault(client, {})["evaluate"] = metrics
 
+    def checkpoint(self, server_round: int, arrays: ArrayRecord) -> tuple[str, str]:
+        """Stores the round's global model, once; returns its key and SHA-256."""
+        if server_round not in self._checkpoints:
+            key = global_model_key(self.task.task_name, server_round)
+            metadata = {"architecture": self.arch.name, "task": self.task.task_name, "round": str(server_round)}
+            data = encode_state_dict(arrays.to_torch_state_dict(), metadata)
+            self.store.put(key, data, "application/octet-stream", metadata=metadata)
+            self._checkpoints[server_round] = (key, sha256_hex(data))
+        return self._checkpoints[server_round]
+
     def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Flower's centralised evaluation, called last in every round: tests the
-        global model, stores its checkpoint and rewrites metrics.json."""
+        global model, makes sure its checkpoint is stored and rewrites metrics.json."""
         model = self.arch.factory()
         model.load_state_dict(arrays.to_torch_state_dict())
         scores = learning.evaluate(model, self.test_data, self.arch)
@@ -87,14 +98,7 @@ class RunRecorder:
             "global": {"loss": scores.loss, "accuracy": scores.accuracy, "examples": scores.examples},
         }
         if server_round > 0:
-            key = global_model_key(self.task.task_name, server_round)
-            metadata = {
-                "architecture": self.arch.name,
-                "task": self.task.task_name,
-                "round": str(server_round),
-            }
-            self.store.put(key, encode_state_dict(model.state_dict(), metadata), "application/octet-stream")
-            entry["checkpoint"] = key
+            entry["checkpoint"], entry["checkpoint_sha256"] = self.checkpoint(server_round, arrays)
             entry["seconds"] = round(time.monotonic() - self.round_started, 3)
             entry.update(self._pending)
             self._pending = {}
@@ -128,6 +132,12 @@ class RecordingFedAvg(FedAvg):
         arrays, metrics = super().aggregate_train(server_round, replies)
         self.recorder.record_train(replies, metrics)
         return arrays, metrics
+
+    def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        # Trainers evaluate exactly this model: they can name its checkpoint to
+        # the explainer instead of sending the weights.
+        config["checkpoint-key"], config["checkpoint-sha256"] = self.recorder.checkpoint(server_round, arrays)
+        return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round, replies):  # type: ignore[no-untyped-def]
         replies = list(replies)

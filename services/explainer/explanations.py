@@ -32,7 +32,8 @@ from fedxai.v1 import explainer_pb2 as pb
 from services.explainer.cam import METHODS, BaseCAM, CamResult, normalise, upsample
 from services.explainer.cam.base import EPS
 from services.explainer.inputs import ExplainJob, parse_explain_request
-from services.explainer.render import encode_jpeg, render_explanation
+from services.explainer.loaded_models import ModelCache
+from services.explainer.render import encode_jpeg, render_explanations
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 class Limits:
     max_message_bytes: int
     max_batch_size: int
+    cached_models: int
 
 
 def pick_samples_per_class(labels: np.ndarray, predicted: np.ndarray, probability: np.ndarray) -> dict[int, int]:
@@ -94,46 +96,43 @@ class ExplanationService:
     def __init__(self, store: ObjectStore, limits: Limits) -> None:
         self.store = store
         self.limits = limits
+        self.models = ModelCache(limits.cached_models)
         # Calls for the same task, round and client (a resent request, say) must not
         # interleave their read-modify-write of the manifest: one lock per key stripe.
         self._manifest_locks = [threading.Lock() for _ in range(64)]
 
     def explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
-        job = parse_explain_request(request, self.store, self.limits.max_batch_size)
-        cam = job.method(job.model, job.target_layer)
-        result = cam.compute(job.normalised_inputs(), None if job.explain_predicted else job.labels)
-        response = pb.ExplainResponse(method=cam.name, target_layer=cam.layer_name, model_sha256=job.model_sha256)
+        job = parse_explain_request(request, self.store, self.models, self.limits.max_batch_size)
+        with job.model.borrow() as model:
+            cam = job.method(model, job.target_layer)
+            result = cam.compute(job.normalised_inputs(), None if job.explain_predicted else job.labels)
+        response = pb.ExplainResponse(method=cam.name, target_layer=cam.layer_name, model_sha256=job.model.sha256)
         confidence, predicted = torch.softmax(result.logits, dim=1).max(dim=1)
         response.samples.extend(describe_samples(job.labels, predicted, confidence, result))
         picks = pick_samples_per_class(job.labels.numpy(), predicted.numpy(), confidence.numpy())
         indices = list(picks.values())
         # Only the drawn samples need maps at the input size.
         heat = normalise(upsample(result.maps[indices], (job.pixels.shape[2], job.pixels.shape[3]))).numpy()
-        # Drawn one after another: on a few cores, threads only fight torch's and OpenCV's own.
+        captions = [
+            f"class {label}  pred {response.samples[index].predicted_class} "
+            f"({response.samples[index].probability:.1%})  {cam.name} @ {cam.layer_name}"
+            for label, index in picks.items()
+        ]
+        pictures = render_explanations(job.pixels[indices].numpy(), heat, captions)
         with self._manifest_lock(job):
             outcomes = [
-                self._draw(job, cam, label, job.pixels[index].numpy(), heat[i], response.samples[index])
-                for i, (label, index) in enumerate(picks.items())
+                self._keep(job, cam, label, encode_jpeg(picture), response.samples[index])
+                for (label, index), picture in zip(picks.items(), pictures, strict=True)
             ]
             if job.store:
                 response.manifest_key = self._write_manifest(job, [entry for _, entry in outcomes if entry])
         response.images.extend(image for image, _ in outcomes)
         return response
 
-    def _draw(
-        self,
-        job: ExplainJob,
-        cam: BaseCAM,
-        label: int,
-        pixels: np.ndarray,
-        heat: np.ndarray,
-        sample: pb.SampleExplanation,
+    def _keep(
+        self, job: ExplainJob, cam: BaseCAM, label: int, jpeg: bytes, sample: pb.SampleExplanation
     ) -> tuple[pb.ClassImage, dict | None]:
-        """Renders one class's image; stores it (returning its manifest entry) or returns it inline."""
-        caption = (
-            f"class {label}  pred {sample.predicted_class} ({sample.probability:.1%})  {cam.name} @ {cam.layer_name}"
-        )
-        jpeg = encode_jpeg(render_explanation(pixels, heat, caption))
+        """Stores one class's image (returning its manifest entry), or attaches it to the reply."""
         image = pb.ClassImage(
             label=label,
             sample_index=sample.index,
@@ -153,8 +152,8 @@ class ExplanationService:
             "explained_class": sample.explained_class,
             "method": cam.name,
             "target_layer": cam.layer_name,
-            "architecture": job.architecture.name,
-            "model_sha256": job.model_sha256,
+            "architecture": job.model.architecture.name,
+            "model_sha256": job.model.sha256,
             "cam_max": sample.cam_max,
             "cam_mean": sample.cam_mean,
             "degenerate": sample.degenerate,

@@ -7,21 +7,24 @@ servicer then only deals with well-formed jobs.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import PIL.Image
 import torch
-from torch import nn
 
-from fedxai.errors import InvalidArgument, NotFound, ObjectNotFound, ResourceExhausted
+from fedxai.errors import FailedPrecondition, InvalidArgument, NotFound, ObjectNotFound, ResourceExhausted
 from fedxai.models import Architecture, build_model, get_architecture
 from fedxai.storage import ObjectStore
 from fedxai.storage.layout import validate_id, validate_key
 from fedxai.tensors import decode_state_dict, safetensors_metadata, sha256_hex, tensor_from_proto
 from fedxai.v1 import explainer_pb2 as pb
 from services.explainer.cam import METHODS, BaseCAM
+from services.explainer.loaded_models import LoadedModel, ModelCache
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -29,9 +32,7 @@ class ExplainJob:
     task_id: str
     round: int
     client_id: str
-    architecture: Architecture
-    model: nn.Module
-    model_sha256: str
+    model: LoadedModel
     pixels: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
     labels: torch.Tensor  # (N,) int64
     mean: torch.Tensor  # (C,)
@@ -45,7 +46,9 @@ class ExplainJob:
         return (self.pixels - self.mean[None, :, None, None]) / self.std[None, :, None, None]
 
 
-def parse_explain_request(request: pb.ExplainRequest, store: ObjectStore, max_batch_size: int) -> ExplainJob:
+def parse_explain_request(
+    request: pb.ExplainRequest, store: ObjectStore, models: ModelCache, max_batch_size: int
+) -> ExplainJob:
     # Ids become storage keys; they only matter when something is stored.
     if request.store or request.task_id:
         validate_id("task_id", request.task_id)
@@ -61,18 +64,15 @@ def parse_explain_request(request: pb.ExplainRequest, store: ObjectStore, max_ba
     ):
         raise InvalidArgument("target", f"unknown target class mode {request.target}")
 
-    architecture, state_bytes, state_field = _model_source(request, store)
-    model = build_model(architecture, decode_state_dict(state_bytes, state_field), state_field)
-    pixels = _samples(request, architecture, max_batch_size)
-    labels = _labels(request, len(pixels), architecture.num_classes)
-    mean, std = _normalisation(request.normalization, architecture)
+    model = _model(request, store, models)
+    pixels = _samples(request, model.architecture, max_batch_size)
+    labels = _labels(request, len(pixels), model.architecture.num_classes)
+    mean, std = _normalisation(request.normalization, model.architecture)
     return ExplainJob(
         task_id=request.task_id,
         round=request.round,
         client_id=request.client_id,
-        architecture=architecture,
         model=model,
-        model_sha256=sha256_hex(state_bytes),
         pixels=pixels,
         labels=labels,
         mean=mean,
@@ -84,24 +84,44 @@ def parse_explain_request(request: pb.ExplainRequest, store: ObjectStore, max_ba
     )
 
 
-def _model_source(request: pb.ExplainRequest, store: ObjectStore) -> tuple[Architecture, bytes, str]:
-    """The architecture and the safetensors bytes, inline or from storage."""
+def _model(request: pb.ExplainRequest, store: ObjectStore, models: ModelCache) -> LoadedModel:
+    """The request's model, inline or from storage, decoded once per distinct content."""
     which = request.WhichOneof("model")
     if which == "inline_model":
         inline = request.inline_model
         architecture = get_architecture(inline.architecture, "inline_model.architecture")
-        return architecture, inline.safetensors, "inline_model.safetensors"
-    if which == "model_ref":
-        key = validate_key("model_ref.key", request.model_ref.key)
-        try:
-            data = store.get(key)
-        except ObjectNotFound:
-            raise NotFound("model_ref.key", f"no checkpoint at {key!r} in {store.kind} storage") from None
-        name = request.model_ref.architecture or safetensors_metadata(data).get("architecture", "")
-        if not name:
-            raise InvalidArgument("model_ref.architecture", "not given, and the checkpoint's metadata names none")
-        return get_architecture(name, "model_ref.architecture"), data, "model_ref.key"
-    raise InvalidArgument("model", "set inline_model or model_ref")
+        return _load(models, architecture, inline.safetensors, "inline_model.safetensors")
+    if which != "model_ref":
+        raise InvalidArgument("model", "set inline_model or model_ref")
+    ref = request.model_ref
+    key = validate_key("model_ref.key", ref.key)
+    if ref.architecture:
+        get_architecture(ref.architecture, "model_ref.architecture")
+    if ref.sha256:
+        if not _SHA256.fullmatch(ref.sha256):
+            raise InvalidArgument("model_ref.sha256", "is not 64 lowercase hex digits")
+        known = models.get(ref.sha256, ref.architecture)
+        if known is not None:
+            return known
+    try:
+        data = store.get(key)
+    except ObjectNotFound:
+        raise NotFound("model_ref.key", f"no checkpoint at {key!r} in {store.kind} storage") from None
+    name = ref.architecture or safetensors_metadata(data).get("architecture", "")
+    if not name:
+        raise InvalidArgument("model_ref.architecture", "not given, and the checkpoint's metadata names none")
+    return _load(models, get_architecture(name, "model_ref.architecture"), data, "model_ref.key", ref.sha256)
+
+
+def _load(models: ModelCache, architecture: Architecture, data: bytes, field: str, expected: str = "") -> LoadedModel:
+    sha256 = sha256_hex(data)
+    if expected and sha256 != expected:
+        raise FailedPrecondition("model_ref.sha256", f"the checkpoint's SHA-256 is {sha256}, not {expected}")
+    known = models.get(sha256, architecture.name)
+    if known is not None:
+        return known
+    state = decode_state_dict(data, field)
+    return models.add(LoadedModel(sha256, architecture, state, build_model(architecture, state, field)))
 
 
 def _check_batch_size(field: str, count: int, max_batch_size: int) -> None:

@@ -1,6 +1,9 @@
-"""Draws one explanation as original | heatmap | overlay, scaled up for people."""
+"""Draws explanations as original | heatmap | overlay, scaled up for people."""
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -11,26 +14,43 @@ CAPTION_HEIGHT = 28
 JPEG_QUALITY = 90
 
 
-def render_explanation(pixels: np.ndarray, heat: np.ndarray, caption: str, scale: int = SCALE) -> np.ndarray:
-    """A BGR uint8 picture: caption band over three panels.
+def render_explanations(
+    pixels: np.ndarray, heat: np.ndarray, captions: Sequence[str], scale: int = SCALE
+) -> np.ndarray:
+    """BGR uint8 pictures, shape (K, caption + H * scale, 3 * W * scale + 2 gaps, 3):
+    a caption band over three panels for each sample.
 
-    ``pixels`` is (C, H, W) in [0, 1] with C = 1 or 3 (RGB); ``heat`` is (H, W)
-    in [0, 1], already at the input size.
+    ``pixels`` is (K, C, H, W) in [0, 1] with C = 1 or 3 (RGB); ``heat`` is
+    (K, H, W) in [0, 1], already at the input size. The samples are drawn as one
+    tall stack: at these sizes an OpenCV call costs mostly per call, not per pixel.
     """
-    channels, height, width = pixels.shape
-    size = (width * scale, height * scale)
-    image_u8 = np.clip(pixels.transpose(1, 2, 0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    bgr = cv2.cvtColor(image_u8, cv2.COLOR_GRAY2BGR if channels == 1 else cv2.COLOR_RGB2BGR)
-    original = cv2.resize(bgr, size, interpolation=cv2.INTER_NEAREST)
+    count, channels, height, width = pixels.shape
+    side_h, side_w = height * scale, width * scale
+    stacked = np.clip(pixels.transpose(0, 2, 3, 1) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    bgr = cv2.cvtColor(
+        stacked.reshape(count * height, width, channels), cv2.COLOR_GRAY2BGR if channels == 1 else cv2.COLOR_RGB2BGR
+    )
+    # Nearest neighbour by a whole factor never mixes pixels of neighbouring samples.
+    original = cv2.resize(bgr, (side_w, count * side_h), interpolation=cv2.INTER_NEAREST)
     heat_u8 = np.clip(heat * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    heatmap = cv2.applyColorMap(cv2.resize(heat_u8, size, interpolation=cv2.INTER_LINEAR), cv2.COLORMAP_JET)
+    # Bilinear would blend across the stack: one sample at a time.
+    smooth = np.concatenate([cv2.resize(h, (side_w, side_h), interpolation=cv2.INTER_LINEAR) for h in heat_u8])
+    heatmap = cv2.LUT(cv2.cvtColor(smooth, cv2.COLOR_GRAY2BGR), jet_colours())
     overlay = cv2.addWeighted(original, 0.5, heatmap, 0.5, 0.0)
 
-    gap = np.full((size[1], GAP, 3), 255, dtype=np.uint8)
-    panels = np.hstack([original, gap, heatmap, gap, overlay])
-    band = np.full((CAPTION_HEIGHT, panels.shape[1], 3), 255, dtype=np.uint8)
-    cv2.putText(band, caption, (6, CAPTION_HEIGHT - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
-    return np.vstack([band, panels])
+    pictures = np.full((count, CAPTION_HEIGHT + side_h, 3 * side_w + 2 * GAP, 3), 255, dtype=np.uint8)
+    for column, panel in enumerate((original, heatmap, overlay)):
+        left = column * (side_w + GAP)
+        pictures[:, CAPTION_HEIGHT:, left : left + side_w] = panel.reshape(count, side_h, side_w, 3)
+    for picture, caption in zip(pictures, captions, strict=True):
+        cv2.putText(picture, caption, (6, CAPTION_HEIGHT - 9), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return pictures
+
+
+@functools.cache
+def jet_colours() -> np.ndarray:
+    """OpenCV's JET colour map as a lookup table: cv2.applyColorMap rebuilds it on every call."""
+    return cv2.applyColorMap(np.arange(256, dtype=np.uint8)[None], cv2.COLORMAP_JET)  # (1, 256, 3)
 
 
 def encode_jpeg(picture: np.ndarray) -> bytes:

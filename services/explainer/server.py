@@ -40,7 +40,11 @@ class RunningServer:
 
 def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningServer:
     """A started server bound to ``settings.address`` (port 0 picks a free one)."""
-    limits = Limits(max_message_bytes=settings.max_message_bytes, max_batch_size=settings.max_batch_size)
+    limits = Limits(
+        max_message_bytes=settings.max_message_bytes,
+        max_batch_size=settings.max_batch_size,
+        cached_models=settings.cached_models,
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="explainer"),
         options=[

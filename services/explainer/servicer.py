@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 
 from fedxai.errors import (
+    FailedPrecondition,
     FedxaiError,
     InvalidArgument,
     NotFound,
@@ -36,6 +37,7 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (ObjectNotFound, grpc.StatusCode.NOT_FOUND),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (StoreMisconfigured, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreError, grpc.StatusCode.UNAVAILABLE),

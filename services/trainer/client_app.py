@@ -19,6 +19,7 @@ from fedxai.data import Dataset, load_pool, partition, train_validation_split
 from fedxai.models import ARCHITECTURES, Architecture
 from fedxai.settings import SettingsError
 from fedxai.task import CAM_METHODS, TaskConfig, validate_id_setting
+from fedxai.v1 import explainer_pb2 as pb
 from services.trainer.explainer_link import Delivery, Outbox, build_request, deliver
 
 app = ClientApp()
@@ -103,7 +104,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     task, node, arch, model, _, validation = _setup(msg, context)
-    server_round = int(msg.content.config_records["config"]["server-round"])  # type: ignore[arg-type]
+    config = msg.content.config_records["config"]
+    server_round = int(config["server-round"])  # type: ignore[arg-type]
     started = time.perf_counter()
     scores = learning.evaluate(model, validation, arch)
     evaluated = time.perf_counter()
@@ -119,8 +121,20 @@ def evaluate(msg: Message, context: Context) -> Message:
             per_class=task.samples_per_class,
             cam_method=CAM_METHODS[task.cam_method],
         )
+        # The aggregator stored the model it sent for evaluation: naming that
+        # checkpoint spares sending the weights, and the explainer decodes a
+        # model all trainers share once.
+        checkpoint = None
+        if "checkpoint-key" in config:
+            checkpoint = pb.ModelRef(
+                key=str(config["checkpoint-key"]),
+                architecture=arch.name,
+                sha256=str(config["checkpoint-sha256"]),
+            )
         outbox = Outbox(node.state_dir / "outbox")
-        delivery = deliver(task.explainer_address, task.explainer_timeout, outbox, request, task.explainer_ca_file)
+        delivery = deliver(
+            task.explainer_address, task.explainer_timeout, outbox, request, task.explainer_ca_file, checkpoint
+        )
     metrics = MetricRecord(
         {
             "eval-loss": scores.loss,

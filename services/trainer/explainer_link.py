@@ -93,12 +93,18 @@ def _backlog(outbox: Outbox, request: pb.ExplainRequest | None) -> Iterator[tupl
 
 
 def deliver(
-    address: str, timeout: float, outbox: Outbox, request: pb.ExplainRequest | None = None, ca_file: str = ""
+    address: str,
+    timeout: float,
+    outbox: Outbox,
+    request: pb.ExplainRequest | None = None,
+    ca_file: str = "",
+    checkpoint: pb.ModelRef | None = None,
 ) -> Delivery:
     """Sends what the outbox holds, oldest first, then ``request``.
 
-    Stops at the first transient failure; ``request`` is queued unless it was
-    delivered or refused.
+    With ``checkpoint``, ``request`` (which carries its weights inline) is first
+    sent naming that checkpoint instead. Stops at the first transient failure;
+    ``request`` is queued, with its weights, unless it was delivered or refused.
     """
     result = Delivery()
     undelivered = request
@@ -107,7 +113,10 @@ def deliver(
         for path, message in _backlog(outbox, request):
             name = path.name if path else f"round {message.round}"
             try:
-                response = stub.Explain(message, timeout=timeout)
+                if path is None and checkpoint is not None:
+                    response = _explain_by_reference(stub, message, checkpoint, timeout)
+                else:
+                    response = stub.Explain(message, timeout=timeout)
             except grpc.RpcError as error:
                 code, details = error.code(), error.details()
                 if code in _TRANSIENT:
@@ -127,6 +136,24 @@ def deliver(
         outbox.add(undelivered)
     result.queued = len(outbox.pending())
     return result
+
+
+def _explain_by_reference(
+    stub: pb_grpc.ExplainerStub, request: pb.ExplainRequest, checkpoint: pb.ModelRef, timeout: float
+) -> pb.ExplainResponse:
+    """Explains ``request`` naming ``checkpoint`` for its model; sends the weights
+    after all when the explainer cannot use the checkpoint (another store, or
+    one that changed since)."""
+    by_reference = pb.ExplainRequest()
+    by_reference.CopyFrom(request)
+    by_reference.model_ref.CopyFrom(checkpoint)  # replaces inline_model: one of
+    try:
+        return stub.Explain(by_reference, timeout=timeout)
+    except grpc.RpcError as error:
+        if error.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
+            raise
+        log.info("explainer cannot use checkpoint %s (%s); sending the weights", checkpoint.key, error.details())
+    return stub.Explain(request, timeout=timeout)
 
 
 def samples_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
