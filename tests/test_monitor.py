@@ -38,6 +38,7 @@ def filled_store(tmp_path_factory, mnist, mnist_weights) -> LocalStore:
         for client in CLIENTS:
             request = explain_request(images[:64], labels[:64], mnist_weights, round=round_number, client_id=client)
             service.explain(request)
+    service.close()
     rounds = [{"round": 0, "global": {"accuracy": 0.1, "loss": 2.3}}]
     for round_number in ROUNDS:
         clients = {

@@ -9,6 +9,7 @@ import json
 import logging
 import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -36,6 +37,8 @@ from services.explainer.loaded_models import ModelCache
 from services.explainer.render import encode_jpeg, render_explanations
 
 log = logging.getLogger(__name__)
+
+IMAGE_WORKERS = 8  # pictures encoded and stored at once, across calls
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,10 @@ class ExplanationService:
         # Calls for the same task, round and client (a resent request, say) must not
         # interleave their read-modify-write of the manifest: one lock per key stripe.
         self._manifest_locks = [threading.Lock() for _ in range(64)]
+        self._image_workers = ThreadPoolExecutor(max_workers=IMAGE_WORKERS, thread_name_prefix="images")
+
+    def close(self) -> None:
+        self._image_workers.shutdown()
 
     def explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
         job = parse_explain_request(request, self.store, self.models, self.limits.max_batch_size)
@@ -120,19 +127,26 @@ class ExplanationService:
         ]
         pictures = render_explanations(job.pixels[indices].numpy(), heat, captions)
         with self._manifest_lock(job):
-            outcomes = [
-                self._keep(job, cam, label, encode_jpeg(picture), response.samples[index])
-                for (label, index), picture in zip(picks.items(), pictures, strict=True)
-            ]
+            # Encoding and storing release the GIL: the classes go in parallel
+            # (uploads to S3 above all).
+            outcomes = list(
+                self._image_workers.map(
+                    lambda label, index, picture: self._keep(job, cam, label, picture, response.samples[index]),
+                    picks.keys(),
+                    picks.values(),
+                    pictures,
+                )
+            )
             if job.store:
                 response.manifest_key = self._write_manifest(job, [entry for _, entry in outcomes if entry])
         response.images.extend(image for image, _ in outcomes)
         return response
 
     def _keep(
-        self, job: ExplainJob, cam: BaseCAM, label: int, jpeg: bytes, sample: pb.SampleExplanation
+        self, job: ExplainJob, cam: BaseCAM, label: int, picture: np.ndarray, sample: pb.SampleExplanation
     ) -> tuple[pb.ClassImage, dict | None]:
-        """Stores one class's image (returning its manifest entry), or attaches it to the reply."""
+        """Encodes one class's picture and stores it (returning its manifest entry), or attaches it to the reply."""
+        jpeg = encode_jpeg(picture)
         image = pb.ClassImage(
             label=label,
             sample_index=sample.index,

@@ -31,11 +31,13 @@ class RunningServer:
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    service: ExplanationService
 
     def stop(self, grace: float | None) -> None:
         """Reports NOT_SERVING, then lets in-flight calls finish within ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        self.service.close()
 
 
 def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningServer:
@@ -54,7 +56,8 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
         # Beyond this, calls are refused (RESOURCE_EXHAUSTED) instead of queueing large messages in memory.
         maximum_concurrent_rpcs=4 * settings.workers,
     )
-    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(ExplanationService(store, limits)), server)
+    service = ExplanationService(store, limits)
+    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(service), server)
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -76,7 +79,7 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
     except RuntimeError:
         raise SettingsError(f"cannot listen on {settings.address} (in use, or not this host's address)") from None
     server.start()
-    return RunningServer(server, port, health_servicer)
+    return RunningServer(server, port, health_servicer, service)
 
 
 def serve(settings: ExplainerSettings, store: ObjectStore) -> None:
