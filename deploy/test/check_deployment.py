@@ -5,6 +5,7 @@ published gRPC port (grpcurl), and a presigned URL it hands out."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -60,14 +61,16 @@ def main() -> None:
 
     images = 0
     for round_number in range(1, args.rounds + 1):
-        assert f"xaitest/round-{round_number:03d}/global_model.safetensors" in {
-            o.object_name for o in client.list_objects(bucket_name=bucket, prefix=f"xaitest/round-{round_number:03d}/")
-        }
+        checkpoint = read(client, bucket, f"xaitest/round-{round_number:03d}/global_model.safetensors")
+        sha256 = hashlib.sha256(checkpoint).hexdigest()
+        assert metrics["rounds"][round_number]["checkpoint_sha256"] == sha256, round_number
         for client_number in range(args.clients):
             prefix = f"xaitest/round-{round_number:03d}/client-{client_number}"
             manifest = json.loads(read(client, bucket, f"{prefix}/explanations.json"))
             labels = [entry["label"] for entry in manifest["images"]]
             assert labels == list(range(10)), (prefix, labels)
+            # The trainer named the stored checkpoint of the model it evaluated.
+            assert {entry["model_sha256"] for entry in manifest["images"]} == {sha256}, prefix
             for label in labels:
                 picture = cv2.imdecode(
                     np.frombuffer(read(client, bucket, f"{prefix}/gradcam_class_{label}.jpg"), np.uint8),
