@@ -55,11 +55,11 @@ class ModelCache:
     def get(self, sha256: str, architecture: str = "") -> LoadedModel | None:
         """The model with these bytes, built as ``architecture`` (any, when empty)."""
         with self._lock:
-            for key, model in reversed(self._models.items()):
-                if key[0] == sha256 and architecture in ("", key[1]):
-                    self._models.move_to_end(key)
-                    return model
-        return None
+            key = next((k for k in self._models if k[0] == sha256 and architecture in ("", k[1])), None)
+            if key is None:
+                return None
+            self._models.move_to_end(key)
+            return self._models[key]
 
     def add(self, model: LoadedModel) -> LoadedModel:
         with self._lock:
