@@ -4,7 +4,8 @@ against pytorch-grad-cam and captum, and the full Explain RPC against compute al
     python benchmarks/explainer_bench.py [--reps N] [--mnist-dir DIR]
 
 All contenders of one table run back to back within each repetition (in rotating
-order), so that load drifting on a noisy machine hits them alike; medians are reported.
+order), so that load drifting on a noisy machine hits them alike. Times are medians;
+a ratio is the median of the ratios within each repetition.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 from services.explainer.cam import normalise, upsample
 from services.explainer.cam.grad_cam import GradCAM
+from services.explainer.memory import keep_freed_memory
 from services.explainer.server import create_server
 
 ARCH = ARCHITECTURES["mnist_cnn"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BATCHES = {1: (5, 30), 64: (5, 25), 256: (2, 8)}  # batch: (warm-up reps, timed reps) at --reps 1
 MESSAGE_LIMIT = 64 << 20
+FLOOR = "floor"
 
 
 def out(line: str = "") -> None:
@@ -68,8 +71,21 @@ def time_ms(fn: Callable[[], object]) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def interleaved(contenders: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, float]:
-    """Median milliseconds per contender, all of them timed within each repetition."""
+class Timings:
+    """Milliseconds per contender and repetition; all contenders ran within each repetition."""
+
+    def __init__(self, times: dict[str, list[float]]) -> None:
+        self.times = times
+
+    def median(self, name: str) -> float:
+        return statistics.median(self.times[name])
+
+    def ratio(self, name: str, base: str) -> float:
+        """Median over repetitions of name / base: each pair ran back to back, under the same load."""
+        return statistics.median(a / b for a, b in zip(self.times[name], self.times[base], strict=True))
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], warmup: int, reps: int) -> Timings:
     names = list(contenders)
     times: dict[str, list[float]] = {name: [] for name in names}
     for rep in range(warmup + reps):
@@ -77,7 +93,7 @@ def interleaved(contenders: dict[str, Callable[[], object]], warmup: int, reps: 
             elapsed = time_ms(contenders[name])
             if rep >= warmup:
                 times[name].append(elapsed)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return Timings(times)
 
 
 def floor_step(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) -> None:
@@ -133,17 +149,16 @@ def bench_compute(model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray
     for batch, (warmup, reps) in BATCHES.items():
         x, y = normalised(pixels[:batch]), torch.from_numpy(labels[:batch])
         steps = {
-            "floor": lambda x=x, y=y: floor_step(model, x, y),
+            FLOOR: lambda x=x, y=y: floor_step(model, x, y),
             "ours": lambda x=x, y=y: ours_step(cam, x, y),
             **{name: lambda fn=fn, x=x, y=y: fn(x, y) for name, fn in others.items()},
         }
-        medians = interleaved(steps, warmup, max(3, round(reps * scale)))
-        floor = medians["floor"]
+        timings = interleaved(steps, warmup, max(3, round(reps * scale)))
         cells = [
-            f"{f'{medians[name]:.2f} ({medians[name] / floor:.2f}x)':>{width}}"
+            f"{f'{timings.median(name):.2f} ({timings.ratio(name, FLOOR):.2f}x)':>{width}}"
             for name, width in zip(headers, widths, strict=True)
         ]
-        out(" | ".join([f"{batch:>5}", f"{floor:>9.2f}", *cells]))
+        out(" | ".join([f"{batch:>5}", f"{timings.median(FLOOR):>9.2f}", *cells]))
     out("target: ours <= 1.2x floor at batch 64")
 
 
@@ -200,15 +215,21 @@ def bench_rpc(model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray, sc
                 contenders: dict[str, Callable[[], object]] = {
                     name: lambda request=request: explain(stub, request) for name, request in requests.items()
                 }
-                contenders["compute"] = lambda: ours_step(cam, x, y)
-                contenders["floor"] = lambda: floor_step(model, x, y)
-                medians = interleaved(contenders, warmup=3, reps=max(3, round(30 * scale)))
+                # On the thread the explainer computes on: a thread running torch
+                # has OpenMP threads of its own, which spin on the cores for
+                # milliseconds after each call and would slow whichever runs next.
+                lane = running.service.compute_lane
+                contenders["compute"] = lambda: lane.submit(ours_step, cam, x, y).result()
+                contenders[FLOOR] = lambda: lane.submit(floor_step, model, x, y).result()
+                timings = interleaved(contenders, warmup=3, reps=max(3, round(30 * scale)))
         finally:
             running.stop(grace=1.0)
-    compute, floor = medians.pop("compute"), medians.pop("floor")
-    out(f"compute alone {compute:.2f} ms, forward+backward floor {floor:.2f} ms")
-    for name, median in medians.items():
-        out(f"{name:<24} {median:6.2f} ms  {median / compute:.2f}x compute alone, {median / floor:.2f}x floor")
+    out(f"compute alone {timings.median('compute'):.2f} ms, forward+backward floor {timings.median(FLOOR):.2f} ms")
+    for name in requests:
+        out(
+            f"{name:<24} {timings.median(name):6.2f} ms  {timings.ratio(name, 'compute'):.2f}x compute alone, "
+            f"{timings.ratio(name, FLOOR):.2f}x floor"
+        )
     out("target: RPC <= 1.5x compute alone")
 
 
@@ -218,13 +239,14 @@ def main() -> None:
     parser.add_argument("--mnist-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "mnist")
     args = parser.parse_args()
 
+    allocator = "freed memory kept, as in the explainer" if keep_freed_memory() else "allocator defaults"
     torch.manual_seed(0)
     model = ARCH.factory().eval()  # eval for every contender: dropout off, as when explaining
     pixels, labels, source = load_samples(args.mnist_dir, max(BATCHES))
     threads, cpus, load = torch.get_num_threads(), os.cpu_count(), os.getloadavg()[0]
-    out(f"torch {torch.__version__}, {threads} threads, {cpus} CPUs, load {load:.2f}; inputs: {source}")
+    out(f"torch {torch.__version__}, {threads} threads, {cpus} CPUs, load {load:.2f}; {allocator}; inputs: {source}")
     # torch's threads wait on each other at every op: a busy core can slow small batches many-fold.
-    out("times are medians of interleaved repetitions; compare ratios, absolute ms depend on machine load")
+    out("times are medians of interleaved repetitions; ratios are medians of the ratios within each repetition")
     out()
     bench_compute(model, pixels, labels, args.reps)
     out()

@@ -17,6 +17,7 @@ from services.explainer.cam.grad_cam_plusplus import GradCAMPlusPlus
 from services.explainer.cam.hires_cam import HiResCAM
 from services.explainer.cam.layer_cam import LayerCAM
 from services.explainer.cam.xgrad_cam import XGradCAM
+from services.explainer.explanations import heat_at_input_size
 
 MNIST = ARCHITECTURES["mnist_cnn"]
 
@@ -154,6 +155,14 @@ def test_upsampled_maps_span_zero_to_one_at_the_input_size(trained_mnist_cnn, mn
     assert heat.shape == (8, 28, 28)
     assert heat.min() >= 0
     torch.testing.assert_close(heat.amax(dim=(1, 2)), torch.ones(8))
+
+
+def test_pictures_heat_matches_the_torch_upsampling_and_normalisation(trained_mnist_cnn, mnist) -> None:
+    result = GradCAM(copy_of(trained_mnist_cnn)).compute(inputs_for(mnist[0][:8]), torch.from_numpy(mnist[1][:8]))
+    expected = normalise(upsample(result.maps, (28, 28))).numpy()
+    np.testing.assert_allclose(heat_at_input_size(result.maps.numpy(), 28, 28), expected, atol=1e-5)
+    zeros = heat_at_input_size(np.zeros((2, 24, 24), np.float32), 28, 28)
+    assert np.array_equal(zeros, np.zeros((2, 28, 28)))
 
 
 def test_three_channel_input_works() -> None:

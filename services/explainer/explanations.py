@@ -9,10 +9,11 @@ import json
 import logging
 import threading
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import cv2
 import numpy as np
 import torch
 
@@ -30,7 +31,7 @@ from fedxai.storage.layout import (
     validate_id,
 )
 from fedxai.v1 import explainer_pb2 as pb
-from services.explainer.cam import METHODS, BaseCAM, CamResult, normalise, upsample
+from services.explainer.cam import METHODS, BaseCAM, CamResult
 from services.explainer.cam.base import EPS
 from services.explainer.inputs import ExplainJob, parse_explain_request
 from services.explainer.loaded_models import ModelCache
@@ -38,7 +39,7 @@ from services.explainer.render import encode_jpeg, render_explanations
 
 log = logging.getLogger(__name__)
 
-IMAGE_WORKERS = 8  # pictures encoded and stored at once, across calls
+IMAGE_WORKERS = 8  # pictures drawn, encoded and stored at once, across calls
 
 
 @dataclass(frozen=True)
@@ -51,30 +52,69 @@ class Limits:
 def pick_samples_per_class(labels: np.ndarray, predicted: np.ndarray, probability: np.ndarray) -> dict[int, int]:
     """For each class in ``labels``: its most confident correctly classified
     sample, else its first sample."""
-    picks = {}
-    for label in np.unique(labels):
-        members = np.flatnonzero(labels == label)
-        correct = members[predicted[members] == label]
-        picks[int(label)] = int(correct[np.argmax(probability[correct])] if len(correct) else members[0])
-    return picks
+    correct = predicted == labels
+    # By class, correct ones first, most confident first; the sort is stable, so
+    # ties (and a class with no correct sample) keep the first sample.
+    order = np.lexsort((np.where(correct, -probability, 0.0), ~correct, labels))
+    ordered = labels[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]
+    return dict(zip(ordered[first].tolist(), order[first].tolist(), strict=True))
 
 
-def describe_samples(
-    labels: torch.Tensor, predicted: torch.Tensor, confidence: torch.Tensor, result: CamResult
-) -> list[pb.SampleExplanation]:
+@dataclass(frozen=True)
+class SampleStats:
+    """What the reply says of each sample. From here on NumPy and OpenCV, not torch:
+    a torch op wakes an OpenMP team, whose threads then spin for milliseconds on
+    the cores the pictures are drawn on."""
+
+    predicted: np.ndarray  # (N,) int64
+    confidence: np.ndarray  # (N,) float32, softmax probability of the predicted class
+    explained: np.ndarray  # (N,) int64, the class each map explains
+    maps: np.ndarray  # (N, h, w) float32, raw
+    peaks: np.ndarray  # (N,) float32
+    means: np.ndarray  # (N,) float32
+
+    @classmethod
+    def of(cls, result: CamResult) -> SampleStats:
+        logits = result.logits.numpy()
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probabilities = exp / exp.sum(axis=1, keepdims=True)
+        predicted = probabilities.argmax(axis=1)
+        maps = result.maps.numpy()
+        return cls(
+            predicted=predicted,
+            confidence=probabilities[np.arange(len(predicted)), predicted],
+            explained=result.classes.numpy(),
+            maps=maps,
+            peaks=maps.max(axis=(1, 2)),
+            means=maps.mean(axis=(1, 2)),
+        )
+
+    def sample(self, index: int, label: int) -> pb.SampleExplanation:
+        """One sample's entry, without its map."""
+        return pb.SampleExplanation(
+            index=index,
+            true_label=label,
+            predicted_class=int(self.predicted[index]),
+            probability=float(self.confidence[index]),
+            explained_class=int(self.explained[index]),
+            cam_max=float(self.peaks[index]),
+            cam_mean=float(self.means[index]),
+            degenerate=bool(self.peaks[index] <= EPS),
+        )
+
+
+def describe_samples(labels: np.ndarray, stats: SampleStats) -> list[pb.SampleExplanation]:
     """Per sample: prediction, confidence, the raw map and its statistics."""
-    maps = result.maps
-    peaks = maps.amax(dim=(1, 2))
-    means = maps.mean(dim=(1, 2))
-    _, height, width = maps.shape
+    count, height, width = stats.maps.shape
     columns = zip(
         labels.tolist(),
-        predicted.tolist(),
-        confidence.tolist(),
-        result.classes.tolist(),
-        peaks.tolist(),
-        means.tolist(),
-        maps.reshape(len(maps), -1).tolist(),
+        stats.predicted.tolist(),
+        stats.confidence.tolist(),
+        stats.explained.tolist(),
+        stats.peaks.tolist(),
+        stats.means.tolist(),
+        stats.maps.reshape(count, -1).tolist(),
         strict=True,
     )
     return [
@@ -95,6 +135,20 @@ def describe_samples(
     ]
 
 
+def heat_at_input_size(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Raw (K, h, w) maps as the pictures show them: as ``cam.upsample`` then
+    ``cam.normalise`` do in torch (bilinear with half-pixel centres, each map
+    scaled by its peak into [0, 1])."""
+    resized = np.stack([cv2.resize(grid, (width, height), interpolation=cv2.INTER_LINEAR) for grid in maps])
+    return resized / (resized.max(axis=(1, 2), keepdims=True) + EPS)
+
+
+def compute_maps(job: ExplainJob) -> tuple[BaseCAM, CamResult]:
+    with job.model.borrow() as model:
+        cam = job.method(model, job.target_layer)
+        return cam, cam.compute(job.normalised_inputs(), None if job.explain_predicted else job.labels)
+
+
 class ExplanationService:
     def __init__(self, store: ObjectStore, limits: Limits) -> None:
         self.store = store
@@ -103,50 +157,66 @@ class ExplanationService:
         # Calls for the same task, round and client (a resent request, say) must not
         # interleave their read-modify-write of the manifest: one lock per key stripe.
         self._manifest_locks = [threading.Lock() for _ in range(64)]
+        # One thread runs every call's torch compute, on all of torch's threads:
+        # concurrent computes would only split the same cores, each with its own
+        # OpenMP team spinning on them. Calls overlap in everything else.
+        self.compute_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._image_workers = ThreadPoolExecutor(max_workers=IMAGE_WORKERS, thread_name_prefix="images")
+        self._drawing_parts = torch.get_num_threads()
 
     def close(self) -> None:
+        self.compute_lane.shutdown()
         self._image_workers.shutdown()
 
     def explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
         job = parse_explain_request(request, self.store, self.models, self.limits.max_batch_size)
-        with job.model.borrow() as model:
-            cam = job.method(model, job.target_layer)
-            result = cam.compute(job.normalised_inputs(), None if job.explain_predicted else job.labels)
+        cam, result = self.compute_lane.submit(compute_maps, job).result()
         response = pb.ExplainResponse(method=cam.name, target_layer=cam.layer_name, model_sha256=job.model.sha256)
-        confidence, predicted = torch.softmax(result.logits, dim=1).max(dim=1)
-        response.samples.extend(describe_samples(job.labels, predicted, confidence, result))
-        picks = pick_samples_per_class(job.labels.numpy(), predicted.numpy(), confidence.numpy())
+        labels = job.labels.numpy()
+        stats = SampleStats.of(result)
+        picks = pick_samples_per_class(labels, stats.predicted, stats.confidence)
+        drawn = [stats.sample(index, label) for label, index in picks.items()]
         indices = list(picks.values())
         # Only the drawn samples need maps at the input size.
-        heat = normalise(upsample(result.maps[indices], (job.pixels.shape[2], job.pixels.shape[3]))).numpy()
-        captions = [
-            f"class {label}  pred {response.samples[index].predicted_class} "
-            f"({response.samples[index].probability:.1%})  {cam.name} @ {cam.layer_name}"
-            for label, index in picks.items()
-        ]
-        pictures = render_explanations(job.pixels[indices].numpy(), heat, captions)
+        heat = heat_at_input_size(stats.maps[indices], job.pixels.shape[2], job.pixels.shape[3])
+        pixels = job.pixels.numpy()[indices]
         with self._manifest_lock(job):
-            # Encoding and storing release the GIL: the classes go in parallel
-            # (uploads to S3 above all).
-            outcomes = list(
-                self._image_workers.map(
-                    lambda label, index, picture: self._keep(job, cam, label, picture, response.samples[index]),
-                    picks.keys(),
-                    picks.values(),
-                    pictures,
-                )
-            )
+            # Drawing and encoding release the GIL: the classes are split across the
+            # cores torch computes on, and the reply is described meanwhile.
+            parts = min(len(drawn), self._drawing_parts)
+            drawings = [
+                self._image_workers.submit(self._draw, cam, drawn[part::parts], pixels[part::parts], heat[part::parts])
+                for part in range(parts)
+            ]
+            response.samples.extend(describe_samples(labels, stats))
+            kept: list[Future[tuple[pb.ClassImage, dict | None]]] = []
+            for drawing in as_completed(drawings):
+                # One task a picture: S3 uploads wait on the network, not on a core.
+                kept += [self._image_workers.submit(self._keep, job, cam, *pair) for pair in drawing.result()]
+            outcomes = sorted((future.result() for future in kept), key=lambda outcome: outcome[0].label)
             if job.store:
                 response.manifest_key = self._write_manifest(job, [entry for _, entry in outcomes if entry])
         response.images.extend(image for image, _ in outcomes)
         return response
 
+    @staticmethod
+    def _draw(
+        cam: BaseCAM, samples: list[pb.SampleExplanation], pixels: np.ndarray, heat: np.ndarray
+    ) -> list[tuple[pb.SampleExplanation, bytes]]:
+        """Some classes' pictures, JPEG-encoded."""
+        captions = [
+            f"class {sample.true_label}  pred {sample.predicted_class} ({sample.probability:.1%})  "
+            f"{cam.name} @ {cam.layer_name}"
+            for sample in samples
+        ]
+        pictures = render_explanations(pixels, heat, captions)
+        return [(sample, encode_jpeg(picture)) for sample, picture in zip(samples, pictures, strict=True)]
+
     def _keep(
-        self, job: ExplainJob, cam: BaseCAM, label: int, picture: np.ndarray, sample: pb.SampleExplanation
+        self, job: ExplainJob, cam: BaseCAM, sample: pb.SampleExplanation, jpeg: bytes
     ) -> tuple[pb.ClassImage, dict | None]:
-        """Encodes one class's picture and stores it (returning its manifest entry), or attaches it to the reply."""
-        jpeg = encode_jpeg(picture)
+        """Stores one class's picture (returning its manifest entry), or attaches it to the reply."""
+        label = sample.true_label
         image = pb.ClassImage(
             label=label,
             sample_index=sample.index,

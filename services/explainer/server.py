@@ -19,6 +19,7 @@ from fedxai.storage import ObjectStore
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 from services.explainer.explanations import ExplanationService, Limits
+from services.explainer.memory import keep_freed_memory
 from services.explainer.servicer import ExplainerServicer
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,8 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
 
 def serve(settings: ExplainerSettings, store: ObjectStore) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+    if not keep_freed_memory():
+        log.info("allocator left at its defaults (the C library is not glibc)")
     running = create_server(settings, store)
     host = settings.address.rpartition(":")[0]
     security = "TLS" if settings.tls_cert_file else "plaintext"
