@@ -90,19 +90,6 @@ class SampleStats:
             means=maps.mean(axis=(1, 2)),
         )
 
-    def sample(self, index: int, label: int) -> pb.SampleExplanation:
-        """One sample's entry, without its map."""
-        return pb.SampleExplanation(
-            index=index,
-            true_label=label,
-            predicted_class=int(self.predicted[index]),
-            probability=float(self.confidence[index]),
-            explained_class=int(self.explained[index]),
-            cam_max=float(self.peaks[index]),
-            cam_mean=float(self.means[index]),
-            degenerate=bool(self.peaks[index] <= EPS),
-        )
-
 
 def describe_samples(labels: np.ndarray, stats: SampleStats) -> list[pb.SampleExplanation]:
     """Per sample: prediction, confidence, the raw map and its statistics."""
@@ -174,21 +161,21 @@ class ExplanationService:
         response = pb.ExplainResponse(method=cam.name, target_layer=cam.layer_name, model_sha256=job.model.sha256)
         labels = job.labels.numpy()
         stats = SampleStats.of(result)
+        response.samples.extend(describe_samples(labels, stats))
         picks = pick_samples_per_class(labels, stats.predicted, stats.confidence)
-        drawn = [stats.sample(index, label) for label, index in picks.items()]
         indices = list(picks.values())
+        drawn = [response.samples[index] for index in indices]
         # Only the drawn samples need maps at the input size.
         heat = heat_at_input_size(stats.maps[indices], job.pixels.shape[2], job.pixels.shape[3])
         pixels = job.pixels.numpy()[indices]
         with self._manifest_lock(job):
             # Drawing and encoding release the GIL: the classes are split across the
-            # cores torch computes on, and the reply is described meanwhile.
+            # cores torch computes on.
             parts = min(len(drawn), self._drawing_parts)
             drawings = [
                 self._image_workers.submit(self._draw, cam, drawn[part::parts], pixels[part::parts], heat[part::parts])
                 for part in range(parts)
             ]
-            response.samples.extend(describe_samples(labels, stats))
             kept: list[Future[tuple[pb.ClassImage, dict | None]]] = []
             for drawing in as_completed(drawings):
                 # One task a picture: S3 uploads wait on the network, not on a core.

@@ -95,8 +95,7 @@ def _model(request: pb.ExplainRequest, store: ObjectStore, models: ModelCache) -
         raise InvalidArgument("model", "set inline_model or model_ref")
     ref = request.model_ref
     key = validate_key("model_ref.key", ref.key)
-    if ref.architecture:
-        get_architecture(ref.architecture, "model_ref.architecture")
+    named = get_architecture(ref.architecture, "model_ref.architecture") if ref.architecture else None
     if ref.sha256:
         if not _SHA256.fullmatch(ref.sha256):
             raise InvalidArgument("model_ref.sha256", "is not 64 lowercase hex digits")
@@ -107,10 +106,12 @@ def _model(request: pb.ExplainRequest, store: ObjectStore, models: ModelCache) -
         data = store.get(key)
     except ObjectNotFound:
         raise NotFound("model_ref.key", f"no checkpoint at {key!r} in {store.kind} storage") from None
-    name = ref.architecture or safetensors_metadata(data).get("architecture", "")
-    if not name:
-        raise InvalidArgument("model_ref.architecture", "not given, and the checkpoint's metadata names none")
-    return _load(models, get_architecture(name, "model_ref.architecture"), data, "model_ref.key", ref.sha256)
+    if named is None:
+        name = safetensors_metadata(data).get("architecture", "")
+        if not name:
+            raise InvalidArgument("model_ref.architecture", "not given, and the checkpoint's metadata names none")
+        named = get_architecture(name, "model_ref.architecture")
+    return _load(models, named, data, "model_ref.key", ref.sha256)
 
 
 def _load(models: ModelCache, architecture: Architecture, data: bytes, field: str, expected: str = "") -> LoadedModel:
