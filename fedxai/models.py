@@ -16,22 +16,31 @@ from fedxai.errors import InvalidArgument
 
 
 class MnistCnn(nn.Module):
-    """The classic 1.2M-parameter MNIST CNN (PyTorch's MNIST example)."""
+    """The classic 1.2M-parameter MNIST CNN (PyTorch's MNIST example).
+
+    Activations and pooling are modules, so a CAM can target a block's output
+    after its ReLU (``relu2``); they hold no weights, so the state-dict keys are
+    those of PyTorch's example.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(1, 32, 3)
+        self.relu1 = nn.ReLU()
         self.conv2 = nn.Conv2d(32, 64, 3)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.MaxPool2d(2)
         self.dropout1 = nn.Dropout(0.25)
         self.fc1 = nn.Linear(9216, 128)
+        self.relu3 = nn.ReLU()
         self.dropout2 = nn.Dropout(0.5)
         self.fc2 = nn.Linear(128, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv1(x))
-        x = torch.relu(self.conv2(x))
-        x = self.dropout1(torch.max_pool2d(x, 2))
-        x = self.dropout2(torch.relu(self.fc1(torch.flatten(x, 1))))
+        x = self.relu1(self.conv1(x))
+        x = self.relu2(self.conv2(x))
+        x = self.dropout1(self.pool(x))
+        x = self.dropout2(self.relu3(self.fc1(torch.flatten(x, 1))))
         return self.fc2(x)
 
 
@@ -41,16 +50,22 @@ class Cifar10Cnn(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
         self.conv2 = nn.Conv2d(32, 64, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
         self.conv3 = nn.Conv2d(64, 64, 3, padding=1)
+        self.relu3 = nn.ReLU()
         self.fc1 = nn.Linear(64 * 8 * 8, 128)
+        self.relu4 = nn.ReLU()
         self.fc2 = nn.Linear(128, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
-        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
-        x = torch.relu(self.conv3(x))
-        return self.fc2(torch.relu(self.fc1(torch.flatten(x, 1))))
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        x = self.relu3(self.conv3(x))
+        return self.fc2(self.relu4(self.fc1(torch.flatten(x, 1))))
 
 
 @dataclass(frozen=True)
@@ -67,9 +82,12 @@ class Architecture:
         return self.input_shape[0]
 
     def conv_layers(self) -> list[str]:
+        return [name for name, module in self.skeleton().named_modules() if isinstance(module, nn.Conv2d)]
+
+    def skeleton(self) -> nn.Module:
+        """The module structure without weights (on the meta device), for looking at layers."""
         with torch.device("meta"):
-            model = self.factory()
-        return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+            return self.factory()
 
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -102,8 +120,7 @@ def build_model(arch: Architecture, state_dict: dict[str, torch.Tensor], field: 
     The module is created on the meta device and the tensors are assigned, so no
     time goes into random initialisation that would be overwritten anyway.
     """
-    with torch.device("meta"):
-        model = arch.factory()
+    model = arch.skeleton()
     expected = model.state_dict()
     for key, tensor in state_dict.items():
         if key in expected and tuple(tensor.shape) != tuple(expected[key].shape):

@@ -8,6 +8,8 @@ import numpy as np
 from fedxai.tensors import tensor_to_proto
 from fedxai.v1 import explainer_pb2 as pb
 
+TRAINED_ON = 6000  # digits of the MNIST test split the shared model learns; the rest are held out
+
 
 def explain_request(images: np.ndarray, labels: np.ndarray, weights: bytes, **fields: object) -> pb.ExplainRequest:
     """An Explain request for (N, 28, 28) uint8 digits and an inline mnist_cnn."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -10,8 +11,7 @@ import torch
 
 from fedxai.errors import InvalidArgument
 from fedxai.models import ARCHITECTURES
-from services.explainer.cam import METHODS, normalise, upsample
-from services.explainer.cam.base import resolve_layer
+from services.explainer.cam import METHODS, normalise, target_layers, upsample
 from services.explainer.cam.grad_cam import GradCAM
 from services.explainer.cam.grad_cam_plusplus import GradCAMPlusPlus
 from services.explainer.cam.hires_cam import HiResCAM
@@ -20,6 +20,7 @@ from services.explainer.cam.xgrad_cam import XGradCAM
 from services.explainer.explanations import heat_at_input_size
 
 MNIST = ARCHITECTURES["mnist_cnn"]
+LAYERS = target_layers(MNIST)
 
 
 def inputs_for(images: np.ndarray) -> torch.Tensor:
@@ -33,11 +34,11 @@ def copy_of(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def reference_activations_and_gradients(model, x, classes):
-    """Activations of conv2 and d(score)/d(activations) by a full backward pass, one sample at a time."""
+    """Activations of relu2 and d(score)/d(activations) by a full backward pass, one sample at a time."""
     acts, grads = [], []
     for i in range(len(x)):
         stored: dict[str, torch.Tensor] = {}
-        handle = model.conv2.register_forward_hook(lambda _m, _a, out, stored=stored: stored.update(a=out))
+        handle = model.relu2.register_forward_hook(lambda _m, _a, out, stored=stored: stored.update(a=out))
         try:
             logits = model(x[i : i + 1])
         finally:
@@ -75,7 +76,7 @@ def reference_map(method: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
 def test_one_batched_pass_matches_a_full_backward_per_sample(method, trained_mnist_cnn, mnist) -> None:
     images, labels = mnist
     x, y = inputs_for(images[:16]), torch.from_numpy(labels[:16])
-    result = method(copy_of(trained_mnist_cnn)).compute(x, y)
+    result = method(copy_of(trained_mnist_cnn), LAYERS).compute(x, y)
 
     a, g = reference_activations_and_gradients(copy_of(trained_mnist_cnn), x, y)
     expected = reference_map(method.name, a, g)
@@ -91,7 +92,7 @@ def test_methods_match_the_published_formulas(method, trained_mnist_cnn, mnist) 
     images, labels = mnist
     x, y = inputs_for(images[:16]), torch.from_numpy(labels[:16])
     a, g = reference_activations_and_gradients(copy_of(trained_mnist_cnn), x, y)
-    cam = method(copy_of(trained_mnist_cnn))
+    cam = method(copy_of(trained_mnist_cnn), LAYERS)
     got = cam.cam_image(torch.from_numpy(a), torch.from_numpy(g)).numpy()
     expected = reference_map(method.name, a, g)
     assert expected.max() > 0
@@ -102,7 +103,7 @@ def test_methods_match_the_published_formulas(method, trained_mnist_cnn, mnist) 
 def test_batch_gives_the_same_maps_as_one_sample_at_a_time(trained_mnist_cnn, mnist) -> None:
     images, labels = mnist
     x, y = inputs_for(images[:8]), torch.from_numpy(labels[:8])
-    cam = GradCAM(copy_of(trained_mnist_cnn))
+    cam = GradCAM(copy_of(trained_mnist_cnn), LAYERS)
     batch = cam.compute(x, y).maps
     single = torch.cat([cam.compute(x[i : i + 1], y[i : i + 1]).maps for i in range(8)])
     torch.testing.assert_close(batch, single, rtol=1e-4, atol=1e-6)
@@ -110,13 +111,13 @@ def test_batch_gives_the_same_maps_as_one_sample_at_a_time(trained_mnist_cnn, mn
 
 def test_predicted_class_is_explained_when_no_targets_given(trained_mnist_cnn, mnist) -> None:
     x = inputs_for(mnist[0][:32])
-    result = GradCAM(copy_of(trained_mnist_cnn)).compute(x)
+    result = GradCAM(copy_of(trained_mnist_cnn), LAYERS).compute(x)
     assert torch.equal(result.classes, result.logits.argmax(dim=1))
 
 
 def test_hooks_are_removed_and_no_parameter_gradients_are_left(trained_mnist_cnn, mnist) -> None:
     model = copy_of(trained_mnist_cnn)
-    GradCAM(model).compute(inputs_for(mnist[0][:4]), torch.from_numpy(mnist[1][:4]))
+    GradCAM(model, LAYERS).compute(inputs_for(mnist[0][:4]), torch.from_numpy(mnist[1][:4]))
     for module in model.modules():
         assert not module._forward_hooks and not module._backward_hooks
     assert all(p.grad is None for p in model.parameters())
@@ -124,17 +125,11 @@ def test_hooks_are_removed_and_no_parameter_gradients_are_left(trained_mnist_cnn
 
 def test_hooks_are_removed_when_the_layer_is_not_spatial(trained_mnist_cnn, mnist) -> None:
     model = copy_of(trained_mnist_cnn)
+    # A layer list that lets fc1 through: the hook itself refuses a non-spatial output.
+    permissive = dataclasses.replace(LAYERS, names=(*LAYERS.names, "fc1"))
     with pytest.raises(InvalidArgument, match=r"target_layer: layer 'fc1' outputs \(4, 128\)"):
-        GradCAM(model, "fc1").compute(inputs_for(mnist[0][:4]))
+        GradCAM(model, permissive, "fc1").compute(inputs_for(mnist[0][:4]))
     assert not model.fc1._forward_hooks
-
-
-def test_default_layer_is_the_last_convolution_and_unknown_layers_are_named() -> None:
-    model = MNIST.factory()
-    assert resolve_layer(model, "")[0] == "conv2"
-    assert resolve_layer(model, "conv1")[1] is model.conv1
-    with pytest.raises(InvalidArgument, match=r"target_layer: no layer 'conv9'.*conv1, conv2"):
-        resolve_layer(model, "conv9")
 
 
 def test_all_zero_map_is_flagged_not_nan(mnist) -> None:
@@ -142,7 +137,7 @@ def test_all_zero_map_is_flagged_not_nan(mnist) -> None:
     with torch.no_grad():
         model.conv2.weight.zero_()
         model.conv2.bias.zero_()
-    result = GradCAM(model).compute(inputs_for(mnist[0][:3]), torch.tensor([0, 1, 2]))
+    result = GradCAM(model, LAYERS).compute(inputs_for(mnist[0][:3]), torch.tensor([0, 1, 2]))
     peaks = result.maps.amax(dim=(1, 2))
     assert torch.equal(peaks, torch.zeros(3))
     heat = normalise(upsample(result.maps, (28, 28)))
@@ -150,7 +145,9 @@ def test_all_zero_map_is_flagged_not_nan(mnist) -> None:
 
 
 def test_upsampled_maps_span_zero_to_one_at_the_input_size(trained_mnist_cnn, mnist) -> None:
-    result = GradCAM(copy_of(trained_mnist_cnn)).compute(inputs_for(mnist[0][:8]), torch.from_numpy(mnist[1][:8]))
+    # HiResCAM: on a confident model Grad-CAM leaves some maps blank, which stay at zero.
+    x, y = inputs_for(mnist[0][:8]), torch.from_numpy(mnist[1][:8])
+    result = HiResCAM(copy_of(trained_mnist_cnn), LAYERS).compute(x, y)
     heat = normalise(upsample(result.maps, (28, 28)))
     assert heat.shape == (8, 28, 28)
     assert heat.min() >= 0
@@ -158,7 +155,8 @@ def test_upsampled_maps_span_zero_to_one_at_the_input_size(trained_mnist_cnn, mn
 
 
 def test_pictures_heat_matches_the_torch_upsampling_and_normalisation(trained_mnist_cnn, mnist) -> None:
-    result = GradCAM(copy_of(trained_mnist_cnn)).compute(inputs_for(mnist[0][:8]), torch.from_numpy(mnist[1][:8]))
+    x, y = inputs_for(mnist[0][:8]), torch.from_numpy(mnist[1][:8])
+    result = GradCAM(copy_of(trained_mnist_cnn), LAYERS).compute(x, y)
     expected = normalise(upsample(result.maps, (28, 28))).numpy()
     np.testing.assert_allclose(heat_at_input_size(result.maps.numpy(), 28, 28), expected, atol=1e-5)
     zeros = heat_at_input_size(np.zeros((2, 24, 24), np.float32), 28, 28)
@@ -168,7 +166,7 @@ def test_pictures_heat_matches_the_torch_upsampling_and_normalisation(trained_mn
 def test_three_channel_input_works() -> None:
     arch = ARCHITECTURES["cifar10_cnn"]
     torch.manual_seed(1)
-    result = METHODS[0](arch.factory()).compute(torch.rand(5, 3, 32, 32), torch.arange(5))
+    result = METHODS[0](arch.factory(), target_layers(arch)).compute(torch.rand(5, 3, 32, 32), torch.arange(5))
     assert result.maps.shape == (5, 8, 8)
     assert result.maps.max() > 0
 
@@ -177,13 +175,13 @@ def test_concurrent_requests_on_their_own_models_do_not_mix(trained_mnist_cnn, m
     x, y = inputs_for(mnist[0][:16]), torch.from_numpy(mnist[1][:16])
     other = MNIST.factory().eval()  # untrained: a very different map
     expected = {
-        "trained": GradCAM(copy_of(trained_mnist_cnn)).compute(x, y).maps,
-        "other": GradCAM(other).compute(x, y).maps,
+        "trained": GradCAM(copy_of(trained_mnist_cnn), LAYERS).compute(x, y).maps,
+        "other": GradCAM(other, LAYERS).compute(x, y).maps,
     }
     results: dict[str, list[torch.Tensor]] = {"trained": [], "other": []}
 
     def work(name: str, model: torch.nn.Module) -> None:
-        cam = GradCAM(model)
+        cam = GradCAM(model, LAYERS)
         for _ in range(5):
             results[name].append(cam.compute(x, y).maps)
 

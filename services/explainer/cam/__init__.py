@@ -6,8 +6,11 @@ from services.explainer.cam.grad_cam import GradCAM
 from services.explainer.cam.grad_cam_plusplus import GradCAMPlusPlus
 from services.explainer.cam.hires_cam import HiResCAM
 from services.explainer.cam.layer_cam import LayerCAM
+from services.explainer.cam.layers import TargetLayers, target_layers
 from services.explainer.cam.xgrad_cam import XGradCAM
 
+# Every method, in the proto's order: all of them are drawn from one backward pass.
+ALL_METHODS: tuple[type[BaseCAM], ...] = (GradCAM, GradCAMPlusPlus, HiResCAM, XGradCAM, LayerCAM)
 METHODS: dict[int, type[BaseCAM]] = {
     pb.CAM_METHOD_UNSPECIFIED: GradCAM,
     pb.CAM_METHOD_GRAD_CAM: GradCAM,
@@ -17,4 +20,13 @@ METHODS: dict[int, type[BaseCAM]] = {
     pb.CAM_METHOD_LAYER_CAM: LayerCAM,
 }
 
-__all__ = ["METHODS", "BaseCAM", "CamResult", "normalise", "upsample"]
+__all__ = [
+    "ALL_METHODS",
+    "METHODS",
+    "BaseCAM",
+    "CamResult",
+    "TargetLayers",
+    "normalise",
+    "target_layers",
+    "upsample",
+]

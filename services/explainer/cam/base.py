@@ -1,5 +1,6 @@
 """What every CAM method shares: capturing the target layer, one backward pass,
-upsampling and normalisation. A method only says how to weigh the feature maps.
+upsampling and normalisation. A method only says how to weigh the feature maps,
+so every method's maps can be drawn from the same activations and gradients.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedxai.errors import InvalidArgument
+from services.explainer.cam.layers import TargetLayers
 
 # Added to the peak before dividing, so an all-zero map stays zero instead of
 # becoming NaN; a map whose peak is at most this is flagged as degenerate.
@@ -22,23 +24,8 @@ class CamResult:
     logits: torch.Tensor  # (N, classes)
     classes: torch.Tensor  # (N,) the class each map explains
     maps: torch.Tensor  # (N, h, w) raw, non-negative, at feature-map resolution
-
-
-def find_last_conv(model: nn.Module) -> str:
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
-    if not names:
-        raise InvalidArgument("target_layer", "the model has no convolution layer; name one")
-    return names[-1]
-
-
-def resolve_layer(model: nn.Module, name: str) -> tuple[str, nn.Module]:
-    """The named module, or the last convolution layer when ``name`` is empty."""
-    name = name or find_last_conv(model)
-    modules = dict(model.named_modules())
-    if not name or name not in modules:
-        candidates = ", ".join(n for n, m in modules.items() if isinstance(m, nn.Conv2d))
-        raise InvalidArgument("target_layer", f"no layer {name!r} in the model (conv layers: {candidates})")
-    return name, modules[name]
+    activations: torch.Tensor  # (N, K, h, w) the target layer's output
+    gradients: torch.Tensor  # (N, K, h, w) d(score of the explained class)/d(activations)
 
 
 class BaseCAM:
@@ -52,9 +39,12 @@ class BaseCAM:
 
     name = ""
 
-    def __init__(self, model: nn.Module, layer_name: str = "") -> None:
+    def __init__(self, model: nn.Module, layers: TargetLayers, layer_name: str = "") -> None:
+        """``layer_name`` as a caller names it ("" for the default), resolved by ``layers``,
+        the model's targetable layers."""
         self.model = model.eval().requires_grad_(False)
-        self.layer_name, self.layer = resolve_layer(model, layer_name)
+        self.layer_name = layers.resolve(layer_name)
+        self.layer = model.get_submodule(self.layer_name)
 
     def compute(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> CamResult:
         """Maps for ``targets`` (one class per sample), or the predicted classes when None."""
@@ -85,17 +75,22 @@ class BaseCAM:
         classes = logits.detach().argmax(dim=1) if targets is None else targets
         score = logits.gather(1, classes[:, None]).sum()
         (gradients,) = torch.autograd.grad(score, activations)
+        activations = activations.detach()
         with torch.no_grad():
-            maps = self.cam_image(activations.detach(), gradients)
-        return CamResult(logits=logits.detach(), classes=classes, maps=maps)
+            maps = self.cam_image(activations, gradients)
+        return CamResult(
+            logits=logits.detach(), classes=classes, maps=maps, activations=activations, gradients=gradients
+        )
 
-    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def cam_weights(cls, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """Per-channel weights, shape (N, K, 1, 1). Methods that weigh channels override this."""
         raise NotImplementedError
 
-    def cam_image(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def cam_image(cls, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         """(N, h, w): the weighted sum of feature maps through a ReLU."""
-        return torch.relu((self.cam_weights(activations, gradients) * activations).sum(dim=1))
+        return torch.relu((cls.cam_weights(activations, gradients) * activations).sum(dim=1))
 
 
 def upsample(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -8,5 +8,6 @@ from services.explainer.cam.base import BaseCAM
 class GradCAM(BaseCAM):
     name = "Grad-CAM"
 
-    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def cam_weights(cls, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return gradients.mean(dim=(2, 3), keepdim=True)

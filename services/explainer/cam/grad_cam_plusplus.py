@@ -10,7 +10,8 @@ _EPS = 1e-7
 class GradCAMPlusPlus(BaseCAM):
     name = "Grad-CAM++"
 
-    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def cam_weights(cls, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         # The closed form for an exponential score, as in the paper's eq. 19.
         grads_2 = gradients.pow(2)
         grads_3 = grads_2 * gradients

@@ -8,5 +8,6 @@ from services.explainer.cam.base import BaseCAM
 class HiResCAM(BaseCAM):
     name = "HiResCAM"
 
-    def cam_image(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def cam_image(cls, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         return torch.relu((gradients * activations).sum(dim=1))

@@ -10,6 +10,7 @@ _EPS = 1e-7
 class XGradCAM(BaseCAM):
     name = "XGrad-CAM"
 
-    def cam_weights(self, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
+    @classmethod
+    def cam_weights(cls, activations: torch.Tensor, gradients: torch.Tensor) -> torch.Tensor:
         sum_activations = activations.sum(dim=(2, 3), keepdim=True)
         return (gradients * activations).sum(dim=(2, 3), keepdim=True) / (sum_activations + _EPS)
