@@ -33,7 +33,7 @@ from fedxai.storage import LocalStore
 from fedxai.tensors import encode_state_dict, tensor_to_proto
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
-from services.explainer.cam import normalise, upsample
+from services.explainer.cam import normalise, target_layers, upsample
 from services.explainer.cam.grad_cam import GradCAM
 from services.explainer.memory import keep_freed_memory
 from services.explainer.server import create_server
@@ -118,7 +118,7 @@ def third_party(model: torch.nn.Module) -> tuple[dict[str, Callable], list[str]]
         notes.append(f"pytorch-grad-cam skipped: {error}")
     else:
         pgc_model = copy.deepcopy(model)
-        pgc = PgcGradCAM(model=pgc_model, target_layers=[pgc_model.conv2])
+        pgc = PgcGradCAM(model=pgc_model, target_layers=[pgc_model.relu2])
         steps["pytorch-grad-cam"] = lambda x, labels: pgc(
             input_tensor=x, targets=[ClassifierOutputTarget(int(label)) for label in labels]
         )
@@ -128,7 +128,7 @@ def third_party(model: torch.nn.Module) -> tuple[dict[str, Callable], list[str]]
         notes.append(f"captum skipped: {error}")
     else:
         captum_model = copy.deepcopy(model)
-        captum_cam = LayerGradCam(captum_model, captum_model.conv2)
+        captum_cam = LayerGradCam(captum_model, captum_model.relu2)
         steps["captum"] = lambda x, labels: LayerAttribution.interpolate(
             captum_cam.attribute(x, target=labels, relu_attributions=True),
             ARCH.input_shape[1:],
@@ -138,7 +138,7 @@ def third_party(model: torch.nn.Module) -> tuple[dict[str, Callable], list[str]]
 
 
 def bench_compute(model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray, scale: float) -> None:
-    cam = GradCAM(copy.deepcopy(model), "")
+    cam = GradCAM(copy.deepcopy(model), target_layers(ARCH))
     others, notes = third_party(model)
     for note in notes:
         out(note)
@@ -163,9 +163,10 @@ def bench_compute(model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray
 
 
 def bench_rpc(model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray, scale: float) -> None:
-    """The Explain RPC two ways, beside the compute alone: naming a stored checkpoint
-    by its hash (as trainers do: the aggregator stores the model they evaluate) and
-    with the weights inline (as anyone may). Every call explains a new round, as
+    """The Explain RPC beside the compute alone: naming a stored checkpoint by its
+    hash (as trainers do: the aggregator stores the model they evaluate), the same
+    without the faithfulness scores and sanity check (``SCORING_SKIP``), and with
+    the weights inline (as anyone may). Every call explains a new round, as
     trainers' calls do, so each stores ten new images and a new manifest."""
     batch = 64
     classes = sorted(set(labels[:batch].tolist()))
@@ -175,6 +176,9 @@ def bench_rpc(model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray, sc
     requests = {
         "rpc, checkpoint by hash": pb.ExplainRequest(
             model_ref=pb.ModelRef(key=checkpoint, sha256=hashlib.sha256(weights).hexdigest())
+        ),
+        "rpc, by hash, no scores": pb.ExplainRequest(
+            model_ref=pb.ModelRef(key=checkpoint, sha256=hashlib.sha256(weights).hexdigest()), scoring=pb.SCORING_SKIP
         ),
         "rpc, inline weights": pb.ExplainRequest(
             inline_model=pb.InlineModel(architecture=ARCH.name, safetensors=weights)
@@ -196,7 +200,7 @@ def bench_rpc(model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray, sc
         request.round = next(rounds)
         return stub.Explain(request, timeout=60)
 
-    cam = GradCAM(copy.deepcopy(model), "")
+    cam = GradCAM(copy.deepcopy(model), target_layers(ARCH))
     x, y = normalised(pixels[:batch]), torch.from_numpy(labels[:batch])
     with tempfile.TemporaryDirectory() as tmpdir:
         store = LocalStore(Path(tmpdir))
@@ -230,7 +234,9 @@ def bench_rpc(model: torch.nn.Module, pixels: np.ndarray, labels: np.ndarray, sc
             f"{name:<24} {timings.median(name):6.2f} ms  {timings.ratio(name, 'compute'):.2f}x compute alone, "
             f"{timings.ratio(name, FLOOR):.2f}x floor"
         )
-    out("target: RPC <= 1.5x compute alone")
+    scored, unscored = "rpc, checkpoint by hash", "rpc, by hash, no scores"
+    out(f"what scoring costs: {timings.ratio(scored, unscored):.2f}x the RPC without scores")
+    out("target: RPC <= 1.5x compute alone (without scores)")
 
 
 def main() -> None:

@@ -227,6 +227,9 @@ def _describe_round(entry: dict[str, Any], rounds: int) -> str:
     xai = entry.get("xai") or {}
     clients = len(entry.get("clients", {}))
     images = f"images stored {xai.get('stored', 0)}"
+    flagged = [f"{xai[key]} {key}" for key in ("blank", "weak") if xai.get(key)]
+    if flagged:
+        images += f" ({', '.join(flagged)})"
     if xai.get("queued"):
         images += f", {xai['queued']} requests queued"
     return (

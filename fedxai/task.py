@@ -29,6 +29,8 @@ CAM_METHODS = {
     "hirescam": "CAM_METHOD_HIRES_CAM",
     "xgrad-cam": "CAM_METHOD_XGRAD_CAM",
     "layercam": "CAM_METHOD_LAYER_CAM",
+    # Every method scored; each class's picture shows the most faithful one that passes the sanity check.
+    "auto": "CAM_METHOD_AUTO",
 }
 
 

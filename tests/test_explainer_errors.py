@@ -89,12 +89,30 @@ BAD_REQUESTS = [
     ),
     ("method", lambda r, w: setattr(r, "method", 42), INVALID, "method: unknown CAM method 42"),
     ("target", lambda r, w: setattr(r, "target", 9), INVALID, "target: unknown target class mode 9"),
-    ("layer", lambda r, w: setattr(r, "target_layer", "conv7"), INVALID, "target_layer: no layer 'conv7'"),
+    (
+        "layer",
+        lambda r, w: setattr(r, "target_layer", "conv7"),
+        INVALID,
+        "target_layer: no targetable layer 'conv7' (targetable: relu1, relu2, pool)",
+    ),
     (
         "layer not spatial",
         lambda r, w: setattr(r, "target_layer", "fc1"),
         INVALID,
-        "target_layer: layer 'fc1' outputs (4, 128)",
+        "target_layer: no targetable layer 'fc1'",
+    ),
+    (
+        "auto without scores",
+        lambda r, w: (setattr(r, "method", pb.CAM_METHOD_AUTO), setattr(r, "scoring", pb.SCORING_SKIP)),
+        INVALID,
+        "scoring: CAM_METHOD_AUTO chooses by the scores",
+    ),
+    ("scoring", lambda r, w: setattr(r, "scoring", 9), INVALID, "scoring: unknown scoring mode 9"),
+    (
+        "scores after an unstored reply",
+        lambda r, w: (setattr(r, "scoring", pb.SCORING_AFTER_REPLY), setattr(r, "store", False)),
+        INVALID,
+        "scoring: SCORING_AFTER_REPLY needs store",
     ),
     (
         "weights of another model",

@@ -33,7 +33,7 @@ def test_explain_stores_one_image_per_class_and_a_manifest(stub, local_store: Lo
     images, labels = digits
     response = stub.Explain(explain_request(images, labels, mnist_weights), timeout=60)
 
-    assert response.method == "Grad-CAM" and response.target_layer == "conv2"
+    assert response.method == "Grad-CAM" and response.target_layer == "relu2"
     assert len(response.samples) == 64
     accuracy = np.mean([s.predicted_class == s.true_label for s in response.samples])
     assert accuracy > 0.85, "the trained model should classify most digits"
@@ -56,7 +56,7 @@ def test_explain_stores_one_image_per_class_and_a_manifest(stub, local_store: Lo
     for entry, image in zip(manifest["images"], response.images, strict=True):
         assert entry["key"] == image.key
         assert entry["sample_index"] == image.sample_index
-        assert entry["method"] == "Grad-CAM" and entry["target_layer"] == "conv2"
+        assert entry["method"] == "Grad-CAM" and entry["target_layer"] == "relu2"
         assert entry["model_sha256"] == response.model_sha256
         assert entry["cam_max"] == pytest.approx(response.samples[image.sample_index].cam_max)
         assert entry["created_at"]
@@ -181,7 +181,8 @@ def test_every_method_and_a_named_layer(stub, local_store, digits, mnist_weights
     images, labels = digits
     request = explain_request(images[:20], labels[:20], mnist_weights, method=method, target_layer="conv1")
     response = stub.Explain(request, timeout=60)
-    assert response.method == name and response.target_layer == "conv1"
+    # conv1's output goes through relu1: it is explained after it.
+    assert response.method == name and response.target_layer == "relu1"
     assert response.samples[0].cam_height == 26
     manifest = json.loads(local_store.get(response.manifest_key))
     assert {entry["method"] for entry in manifest["images"]} == {name}
@@ -258,7 +259,9 @@ def test_get_info_describes_methods_architectures_and_limits(stub):
     assert "CAM_METHOD_GRAD_CAM" in info.methods and "CAM_METHOD_LAYER_CAM" in info.methods
     mnist_arch = next(a for a in info.architectures if a.name == "mnist_cnn")
     assert list(mnist_arch.input_shape) == [1, 28, 28]
-    assert mnist_arch.default_target_layer == "conv2"
+    assert mnist_arch.default_target_layer == "relu2"
+    assert list(mnist_arch.target_layers) == ["relu1", "relu2", "pool"]
+    assert "CAM_METHOD_AUTO" in info.methods
     assert info.max_message_bytes >= 64 * 1024 * 1024
     assert info.max_batch_size == 256
     assert info.storage == "local"

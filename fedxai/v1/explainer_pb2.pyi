@@ -15,6 +15,7 @@ class CamMethod(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CAM_METHOD_HIRES_CAM: _ClassVar[CamMethod]
     CAM_METHOD_XGRAD_CAM: _ClassVar[CamMethod]
     CAM_METHOD_LAYER_CAM: _ClassVar[CamMethod]
+    CAM_METHOD_AUTO: _ClassVar[CamMethod]
 
 class TargetClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -27,18 +28,30 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_UNSPECIFIED: _ClassVar[DType]
     DTYPE_FLOAT32: _ClassVar[DType]
     DTYPE_UINT8: _ClassVar[DType]
+
+class Scoring(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SCORING_UNSPECIFIED: _ClassVar[Scoring]
+    SCORING_IN_REPLY: _ClassVar[Scoring]
+    SCORING_AFTER_REPLY: _ClassVar[Scoring]
+    SCORING_SKIP: _ClassVar[Scoring]
 CAM_METHOD_UNSPECIFIED: CamMethod
 CAM_METHOD_GRAD_CAM: CamMethod
 CAM_METHOD_GRAD_CAM_PLUS_PLUS: CamMethod
 CAM_METHOD_HIRES_CAM: CamMethod
 CAM_METHOD_XGRAD_CAM: CamMethod
 CAM_METHOD_LAYER_CAM: CamMethod
+CAM_METHOD_AUTO: CamMethod
 TARGET_CLASS_UNSPECIFIED: TargetClass
 TARGET_CLASS_TRUE_LABEL: TargetClass
 TARGET_CLASS_PREDICTED: TargetClass
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_UINT8: DType
+SCORING_UNSPECIFIED: Scoring
+SCORING_IN_REPLY: Scoring
+SCORING_AFTER_REPLY: Scoring
+SCORING_SKIP: Scoring
 
 class InlineModel(_message.Message):
     __slots__ = ("architecture", "safetensors")
@@ -83,7 +96,7 @@ class Normalization(_message.Message):
     def __init__(self, mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("task_id", "round", "client_id", "inline_model", "model_ref", "tensor", "images", "labels", "normalization", "method", "target_layer", "target", "store")
+    __slots__ = ("task_id", "round", "client_id", "inline_model", "model_ref", "tensor", "images", "labels", "normalization", "method", "target_layer", "target", "store", "scoring")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +110,7 @@ class ExplainRequest(_message.Message):
     TARGET_LAYER_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     STORE_FIELD_NUMBER: _ClassVar[int]
+    SCORING_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     client_id: str
@@ -110,10 +124,11 @@ class ExplainRequest(_message.Message):
     target_layer: str
     target: TargetClass
     store: bool
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., inline_model: _Optional[_Union[InlineModel, _Mapping]] = ..., model_ref: _Optional[_Union[ModelRef, _Mapping]] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., target_layer: _Optional[str] = ..., target: _Optional[_Union[TargetClass, str]] = ..., store: _Optional[bool] = ...) -> None: ...
+    scoring: Scoring
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., inline_model: _Optional[_Union[InlineModel, _Mapping]] = ..., model_ref: _Optional[_Union[ModelRef, _Mapping]] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., target_layer: _Optional[str] = ..., target: _Optional[_Union[TargetClass, str]] = ..., store: _Optional[bool] = ..., scoring: _Optional[_Union[Scoring, str]] = ...) -> None: ...
 
 class SampleExplanation(_message.Message):
-    __slots__ = ("index", "true_label", "predicted_class", "probability", "explained_class", "cam_max", "cam_mean", "degenerate", "cam_height", "cam_width", "cam")
+    __slots__ = ("index", "true_label", "predicted_class", "probability", "explained_class", "cam_max", "cam_mean", "degenerate", "cam_height", "cam_width", "cam", "method", "weak")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     TRUE_LABEL_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +140,8 @@ class SampleExplanation(_message.Message):
     CAM_HEIGHT_FIELD_NUMBER: _ClassVar[int]
     CAM_WIDTH_FIELD_NUMBER: _ClassVar[int]
     CAM_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    WEAK_FIELD_NUMBER: _ClassVar[int]
     index: int
     true_label: int
     predicted_class: int
@@ -136,10 +153,48 @@ class SampleExplanation(_message.Message):
     cam_height: int
     cam_width: int
     cam: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, index: _Optional[int] = ..., true_label: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., explained_class: _Optional[int] = ..., cam_max: _Optional[float] = ..., cam_mean: _Optional[float] = ..., degenerate: _Optional[bool] = ..., cam_height: _Optional[int] = ..., cam_width: _Optional[int] = ..., cam: _Optional[_Iterable[float]] = ...) -> None: ...
+    method: str
+    weak: bool
+    def __init__(self, index: _Optional[int] = ..., true_label: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., explained_class: _Optional[int] = ..., cam_max: _Optional[float] = ..., cam_mean: _Optional[float] = ..., degenerate: _Optional[bool] = ..., cam_height: _Optional[int] = ..., cam_width: _Optional[int] = ..., cam: _Optional[_Iterable[float]] = ..., method: _Optional[str] = ..., weak: _Optional[bool] = ...) -> None: ...
+
+class Faithfulness(_message.Message):
+    __slots__ = ("method", "morf_auc", "lerf_auc", "gap", "degenerate")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    MORF_AUC_FIELD_NUMBER: _ClassVar[int]
+    LERF_AUC_FIELD_NUMBER: _ClassVar[int]
+    GAP_FIELD_NUMBER: _ClassVar[int]
+    DEGENERATE_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    morf_auc: float
+    lerf_auc: float
+    gap: float
+    degenerate: bool
+    def __init__(self, method: _Optional[str] = ..., morf_auc: _Optional[float] = ..., lerf_auc: _Optional[float] = ..., gap: _Optional[float] = ..., degenerate: _Optional[bool] = ...) -> None: ...
+
+class MethodSanity(_message.Message):
+    __slots__ = ("method", "spearman", "passed")
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SPEARMAN_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    spearman: _containers.RepeatedScalarFieldContainer[float]
+    passed: bool
+    def __init__(self, method: _Optional[str] = ..., spearman: _Optional[_Iterable[float]] = ..., passed: _Optional[bool] = ...) -> None: ...
+
+class SanityCheck(_message.Message):
+    __slots__ = ("randomised_layers", "threshold", "methods", "samples")
+    RANDOMISED_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    METHODS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    randomised_layers: _containers.RepeatedScalarFieldContainer[str]
+    threshold: float
+    methods: _containers.RepeatedCompositeFieldContainer[MethodSanity]
+    samples: int
+    def __init__(self, randomised_layers: _Optional[_Iterable[str]] = ..., threshold: _Optional[float] = ..., methods: _Optional[_Iterable[_Union[MethodSanity, _Mapping]]] = ..., samples: _Optional[int] = ...) -> None: ...
 
 class ClassImage(_message.Message):
-    __slots__ = ("label", "sample_index", "predicted_class", "probability", "key", "url", "jpeg")
+    __slots__ = ("label", "sample_index", "predicted_class", "probability", "key", "url", "jpeg", "method", "cam_max", "degenerate", "weak", "faithfulness")
     LABEL_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_INDEX_FIELD_NUMBER: _ClassVar[int]
     PREDICTED_CLASS_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +202,11 @@ class ClassImage(_message.Message):
     KEY_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     JPEG_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CAM_MAX_FIELD_NUMBER: _ClassVar[int]
+    DEGENERATE_FIELD_NUMBER: _ClassVar[int]
+    WEAK_FIELD_NUMBER: _ClassVar[int]
+    FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
     label: int
     sample_index: int
     predicted_class: int
@@ -154,23 +214,32 @@ class ClassImage(_message.Message):
     key: str
     url: str
     jpeg: bytes
-    def __init__(self, label: _Optional[int] = ..., sample_index: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., key: _Optional[str] = ..., url: _Optional[str] = ..., jpeg: _Optional[bytes] = ...) -> None: ...
+    method: str
+    cam_max: float
+    degenerate: bool
+    weak: bool
+    faithfulness: _containers.RepeatedCompositeFieldContainer[Faithfulness]
+    def __init__(self, label: _Optional[int] = ..., sample_index: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., key: _Optional[str] = ..., url: _Optional[str] = ..., jpeg: _Optional[bytes] = ..., method: _Optional[str] = ..., cam_max: _Optional[float] = ..., degenerate: _Optional[bool] = ..., weak: _Optional[bool] = ..., faithfulness: _Optional[_Iterable[_Union[Faithfulness, _Mapping]]] = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
-    __slots__ = ("samples", "images", "manifest_key", "method", "target_layer", "model_sha256")
+    __slots__ = ("samples", "images", "manifest_key", "method", "target_layer", "model_sha256", "sanity", "replacement")
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_KEY_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
     TARGET_LAYER_FIELD_NUMBER: _ClassVar[int]
     MODEL_SHA256_FIELD_NUMBER: _ClassVar[int]
+    SANITY_FIELD_NUMBER: _ClassVar[int]
+    REPLACEMENT_FIELD_NUMBER: _ClassVar[int]
     samples: _containers.RepeatedCompositeFieldContainer[SampleExplanation]
     images: _containers.RepeatedCompositeFieldContainer[ClassImage]
     manifest_key: str
     method: str
     target_layer: str
     model_sha256: str
-    def __init__(self, samples: _Optional[_Iterable[_Union[SampleExplanation, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[ClassImage, _Mapping]]] = ..., manifest_key: _Optional[str] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ...) -> None: ...
+    sanity: SanityCheck
+    replacement: str
+    def __init__(self, samples: _Optional[_Iterable[_Union[SampleExplanation, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[ClassImage, _Mapping]]] = ..., manifest_key: _Optional[str] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ..., sanity: _Optional[_Union[SanityCheck, _Mapping]] = ..., replacement: _Optional[str] = ...) -> None: ...
 
 class ListExplanationsRequest(_message.Message):
     __slots__ = ("task_id", "round", "client_id")
@@ -183,7 +252,7 @@ class ListExplanationsRequest(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
 
 class StoredExplanation(_message.Message):
-    __slots__ = ("key", "url", "task_id", "round", "client_id", "label", "predicted_class", "probability", "method", "target_layer", "model_sha256", "cam_max", "cam_mean", "degenerate", "created_at")
+    __slots__ = ("key", "url", "task_id", "round", "client_id", "label", "predicted_class", "probability", "method", "target_layer", "model_sha256", "cam_max", "cam_mean", "degenerate", "created_at", "weak", "faithfulness", "sanity_spearman", "sanity_passed")
     KEY_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +268,10 @@ class StoredExplanation(_message.Message):
     CAM_MEAN_FIELD_NUMBER: _ClassVar[int]
     DEGENERATE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    WEAK_FIELD_NUMBER: _ClassVar[int]
+    FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
+    SANITY_SPEARMAN_FIELD_NUMBER: _ClassVar[int]
+    SANITY_PASSED_FIELD_NUMBER: _ClassVar[int]
     key: str
     url: str
     task_id: str
@@ -214,7 +287,11 @@ class StoredExplanation(_message.Message):
     cam_mean: float
     degenerate: bool
     created_at: str
-    def __init__(self, key: _Optional[str] = ..., url: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., label: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ..., cam_max: _Optional[float] = ..., cam_mean: _Optional[float] = ..., degenerate: _Optional[bool] = ..., created_at: _Optional[str] = ...) -> None: ...
+    weak: bool
+    faithfulness: _containers.RepeatedCompositeFieldContainer[Faithfulness]
+    sanity_spearman: float
+    sanity_passed: bool
+    def __init__(self, key: _Optional[str] = ..., url: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., label: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ..., cam_max: _Optional[float] = ..., cam_mean: _Optional[float] = ..., degenerate: _Optional[bool] = ..., created_at: _Optional[str] = ..., weak: _Optional[bool] = ..., faithfulness: _Optional[_Iterable[_Union[Faithfulness, _Mapping]]] = ..., sanity_spearman: _Optional[float] = ..., sanity_passed: _Optional[bool] = ...) -> None: ...
 
 class ListExplanationsResponse(_message.Message):
     __slots__ = ("explanations",)
@@ -227,7 +304,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Architecture(_message.Message):
-    __slots__ = ("name", "input_shape", "num_classes", "default_target_layer", "conv_layers", "default_mean", "default_std")
+    __slots__ = ("name", "input_shape", "num_classes", "default_target_layer", "conv_layers", "default_mean", "default_std", "target_layers")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +312,7 @@ class Architecture(_message.Message):
     CONV_LAYERS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MEAN_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_STD_FIELD_NUMBER: _ClassVar[int]
+    TARGET_LAYERS_FIELD_NUMBER: _ClassVar[int]
     name: str
     input_shape: _containers.RepeatedScalarFieldContainer[int]
     num_classes: int
@@ -242,7 +320,8 @@ class Architecture(_message.Message):
     conv_layers: _containers.RepeatedScalarFieldContainer[str]
     default_mean: _containers.RepeatedScalarFieldContainer[float]
     default_std: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., default_target_layer: _Optional[str] = ..., conv_layers: _Optional[_Iterable[str]] = ..., default_mean: _Optional[_Iterable[float]] = ..., default_std: _Optional[_Iterable[float]] = ...) -> None: ...
+    target_layers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., default_target_layer: _Optional[str] = ..., conv_layers: _Optional[_Iterable[str]] = ..., default_mean: _Optional[_Iterable[float]] = ..., default_std: _Optional[_Iterable[float]] = ..., target_layers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
     __slots__ = ("version", "methods", "architectures", "max_message_bytes", "max_batch_size", "storage")

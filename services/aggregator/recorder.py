@@ -21,7 +21,14 @@ from fedxai.task import TaskConfig
 from fedxai.tensors import encode_state_dict, sha256_hex
 
 # Client metrics that are counts, summed per round rather than averaged.
-XAI_COUNTS = ("xai-sent", "xai-stored", "xai-queued", "xai-rejected")
+XAI_COUNTS = (
+    "xai-sent",
+    "xai-stored",
+    "xai-queued",
+    "xai-rejected",
+    "xai-blank",
+    "xai-weak",
+)
 
 
 def _now() -> str:

@@ -5,10 +5,12 @@ class, store images and manifests, and read them back for listing.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
 import zlib
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,15 +33,21 @@ from fedxai.storage.layout import (
     validate_id,
 )
 from fedxai.v1 import explainer_pb2 as pb
-from services.explainer.cam import METHODS, BaseCAM, CamResult
+from services.explainer import quality
+from services.explainer.cam import ALL_METHODS, METHODS, CamResult, normalise, target_layers, upsample
 from services.explainer.cam.base import EPS
-from services.explainer.inputs import ExplainJob, parse_explain_request
+from services.explainer.cam.grad_cam import GradCAM
+from services.explainer.inputs import ExplainJob, Scoring, parse_explain_request
 from services.explainer.loaded_models import ModelCache
-from services.explainer.render import encode_jpeg, render_explanations
+from services.explainer.render import Caption, encode_jpeg, render_explanations
 
 log = logging.getLogger(__name__)
 
 IMAGE_WORKERS = 8  # pictures drawn, encoded and stored at once, across calls
+# A map whose peak is under this share of the median peak of the call's maps
+# (same method) is drawn at full scale from a tiny signal: it is marked weak.
+WEAK_FRACTION = 0.05
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -70,24 +78,28 @@ class SampleStats:
     predicted: np.ndarray  # (N,) int64
     confidence: np.ndarray  # (N,) float32, softmax probability of the predicted class
     explained: np.ndarray  # (N,) int64, the class each map explains
+    methods: list[str]  # (N,) the method of each map
     maps: np.ndarray  # (N, h, w) float32, raw
     peaks: np.ndarray  # (N,) float32
     means: np.ndarray  # (N,) float32
+    weak: np.ndarray  # (N,) bool
 
     @classmethod
-    def of(cls, result: CamResult) -> SampleStats:
-        logits = result.logits.numpy()
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probabilities = exp / exp.sum(axis=1, keepdims=True)
-        predicted = probabilities.argmax(axis=1)
-        maps = result.maps.numpy()
+    def of(cls, computed: Computed, methods: list[str]) -> SampleStats:
+        rows = np.arange(len(methods))
+        maps = np.stack([computed.maps[name][row] for row, name in zip(rows, methods, strict=True)])
+        peaks = maps.max(axis=(1, 2))
+        median_peak = {name: float(np.median(computed.maps[name].max(axis=(1, 2)))) for name in set(methods)}
+        threshold = np.array([WEAK_FRACTION * median_peak[name] for name in methods])
         return cls(
-            predicted=predicted,
-            confidence=probabilities[np.arange(len(predicted)), predicted],
-            explained=result.classes.numpy(),
+            predicted=computed.predicted,
+            confidence=computed.confidence,
+            explained=computed.result.classes.numpy(),
+            methods=methods,
             maps=maps,
-            peaks=maps.max(axis=(1, 2)),
+            peaks=peaks,
             means=maps.mean(axis=(1, 2)),
+            weak=(peaks > EPS) & (peaks < threshold),
         )
 
 
@@ -102,6 +114,8 @@ def describe_samples(labels: np.ndarray, stats: SampleStats) -> list[pb.SampleEx
         stats.peaks.tolist(),
         stats.means.tolist(),
         stats.maps.reshape(count, -1).tolist(),
+        stats.methods,
+        stats.weak.tolist(),
         strict=True,
     )
     return [
@@ -117,8 +131,10 @@ def describe_samples(labels: np.ndarray, stats: SampleStats) -> list[pb.SampleEx
             cam_height=height,
             cam_width=width,
             cam=grid,
+            method=method,
+            weak=weak,
         )
-        for index, (label, prediction, probability, explained, peak, mean, grid) in enumerate(columns)
+        for index, (label, prediction, probability, explained, peak, mean, grid, method, weak) in enumerate(columns)
     ]
 
 
@@ -130,10 +146,213 @@ def heat_at_input_size(maps: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized / (resized.max(axis=(1, 2), keepdims=True) + EPS)
 
 
-def compute_maps(job: ExplainJob) -> tuple[BaseCAM, CamResult]:
+@dataclass(frozen=True)
+class Computed:
+    """What a call computes with torch, on the compute lane."""
+
+    layer_name: str
+    result: CamResult  # the capture: logits, activations, gradients
+    maps: dict[str, np.ndarray]  # raw (N, h, w) maps by method: every method when scored
+    predicted: np.ndarray  # (N,)
+    confidence: np.ndarray  # (N,)
+    picks: dict[int, int]  # class -> the sample drawn for it
+    faithfulness: dict[str, quality.Deletion] | None  # by method, rows in the order of picks
+    sanity: quality.Sanity | None
+
+    @property
+    def drawn(self) -> list[int]:
+        return list(self.picks.values())
+
+
+def compute(job: ExplainJob) -> Computed:
+    """One forward and backward pass: the maps of the request's method (of Grad-CAM
+    for CAM_METHOD_AUTO, until scored) and the sample drawn for each class."""
     with job.model.borrow() as model:
-        cam = job.method(model, job.target_layer)
-        return cam, cam.compute(job.normalised_inputs(), None if job.explain_predicted else job.labels)
+        cam = (job.method or GradCAM)(model, target_layers(job.model.architecture), job.target_layer)
+        result = cam.compute(job.normalised_inputs(), None if job.explain_predicted else job.labels)
+    logits = result.logits.numpy()
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities = exp / exp.sum(axis=1, keepdims=True)
+    predicted = probabilities.argmax(axis=1)
+    confidence = probabilities[np.arange(len(predicted)), predicted]
+    picks = pick_samples_per_class(job.labels.numpy(), predicted, confidence)
+    return Computed(cam.layer_name, result, {cam.name: result.maps.numpy()}, predicted, confidence, picks, None, None)
+
+
+def add_scores(job: ExplainJob, computed: Computed) -> Computed:
+    """Every method's maps from the same activations and gradients, the deletion
+    curves of each method's map of each drawn sample, and the sanity check."""
+    result, drawn = computed.result, computed.drawn
+    layers = target_layers(job.model.architecture)
+    with torch.no_grad():
+        maps = {method.name: method.cam_image(result.activations, result.gradients) for method in ALL_METHODS}
+    classes = result.classes[drawn]
+    height, width = job.pixels.shape[2:]
+    heats = {name: normalise(upsample(method_maps[drawn], (height, width))) for name, method_maps in maps.items()}
+    with job.model.borrow() as model:
+        faithfulness = quality.deletion(model, job.pixels[drawn], heats, classes, job.mean, job.std)
+        sanity = quality.randomisation_check(
+            model,
+            layers,
+            computed.layer_name,
+            job.normalised_inputs()[drawn],
+            classes,
+            {name: method_maps[drawn] for name, method_maps in maps.items()},
+            ALL_METHODS,
+        )
+    return dataclasses.replace(
+        computed,
+        maps={name: method_maps.numpy() for name, method_maps in maps.items()},
+        faithfulness=faithfulness,
+        sanity=sanity,
+    )
+
+
+def compute_and_score(job: ExplainJob) -> Computed:
+    computed = compute(job)
+    return add_scores(job, computed) if job.scoring == Scoring.NOW else computed
+
+
+def methods_per_sample(job: ExplainJob, computed: Computed) -> tuple[list[str], dict[int, dict]]:
+    """The method of each sample's map and, for CAM_METHOD_AUTO, why each drawn
+    sample got its method (by drawn sample index)."""
+    count = len(job.labels)
+    if job.method is not None:
+        return [job.method.name] * count, {}
+    assert computed.faithfulness is not None and computed.sanity is not None
+    choices = quality.most_faithful(computed.faithfulness, computed.sanity)
+    chosen = [choice["method"] for choice in choices]
+    # Samples that are not drawn have no scores: they take the drawn samples' most frequent choice.
+    usual = max(ALL_METHODS, key=lambda method: chosen.count(method.name)).name
+    methods = [usual] * count
+    for index, name in zip(computed.drawn, chosen, strict=True):
+        methods[index] = name
+    return methods, dict(zip(computed.drawn, choices, strict=True))
+
+
+def class_image(
+    sample: pb.SampleExplanation, row: int, faithfulness: dict[str, quality.Deletion] | None
+) -> pb.ClassImage:
+    """The reply entry of a drawn sample; ``row`` is its row in the deletion scores."""
+    image = pb.ClassImage(
+        label=sample.true_label,
+        sample_index=sample.index,
+        predicted_class=sample.predicted_class,
+        probability=sample.probability,
+        method=sample.method,
+        cam_max=sample.cam_max,
+        degenerate=sample.degenerate,
+        weak=sample.weak,
+    )
+    for name, scores in (faithfulness or {}).items():
+        image.faithfulness.add(
+            method=name,
+            morf_auc=float(scores.morf_auc[row]),
+            lerf_auc=float(scores.lerf_auc[row]),
+            gap=float(scores.gap[row]),
+            degenerate=bool(scores.degenerate[row]),
+        )
+    return image
+
+
+def sanity_message(sanity: quality.Sanity) -> pb.SanityCheck:
+    message = pb.SanityCheck(
+        randomised_layers=list(sanity.randomised_layers),
+        threshold=quality.SANITY_THRESHOLD,
+        samples=sanity.samples,
+    )
+    for method in ALL_METHODS:
+        message.methods.add(
+            method=method.name,
+            spearman=sanity.spearman[method.name].mean(axis=1).tolist(),
+            passed=sanity.passed(method.name),
+        )
+    return message
+
+
+@dataclass(frozen=True)
+class DrawingContext:
+    """What a call's pictures and manifest entries say besides each image's own figures."""
+
+    job: ExplainJob
+    layer_name: str
+    samples: Sequence[pb.SampleExplanation]
+    sanity: pb.SanityCheck | None
+    selections: dict[int, dict]  # by sample index: why CAM_METHOD_AUTO chose its method
+
+    def method_sanity(self, method: str) -> pb.MethodSanity | None:
+        if self.sanity is None:
+            return None
+        return next(entry for entry in self.sanity.methods if entry.method == method)
+
+    def caption(self, image: pb.ClassImage) -> Caption:
+        auto = " (auto)" if image.sample_index in self.selections else ""
+        title = (
+            f"class {image.label}  pred {image.predicted_class} ({image.probability:.1%})  "
+            f"{image.method}{auto} @ {self.layer_name}"
+        )
+        if image.degenerate:
+            return Caption(title, "NO EVIDENCE: the map is all zero", warning=True)
+        detail = f"peak {image.cam_max:.3g}"
+        warning = image.weak
+        if image.weak:
+            detail = f"WEAK: peak {image.cam_max:.2g}, under {WEAK_FRACTION:.0%} of the median"
+        gap = next((score.gap for score in image.faithfulness if score.method == image.method), None)
+        if gap is not None:
+            detail += f"  deletion gap {gap:+.2f}"
+            if gap <= 0:  # the map ranks pixels no better than chance: misleading
+                detail += " (no better than random)"
+                warning = True
+        sanity = self.method_sanity(image.method)
+        if sanity is not None:
+            detail += "  sanity ok" if sanity.passed else f"  FAILS SANITY (rho {sanity.spearman[-1]:.2f})"
+            warning = warning or not sanity.passed
+        return Caption(title, detail, warning)
+
+    def manifest_entry(self, image: pb.ClassImage) -> dict:
+        job = self.job
+        sample = self.samples[image.sample_index]
+        entry = {
+            "key": image.key,
+            "label": image.label,
+            "sample_index": image.sample_index,
+            "predicted_class": image.predicted_class,
+            "probability": round(image.probability, 6),
+            "explained_class": sample.explained_class,
+            "method": image.method,
+            "target_layer": self.layer_name,
+            "architecture": job.model.architecture.name,
+            "model_sha256": job.model.sha256,
+            "cam_max": image.cam_max,
+            "cam_mean": sample.cam_mean,
+            "degenerate": image.degenerate,
+            "weak": image.weak,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if image.faithfulness:
+            entry["faithfulness"] = [
+                {
+                    "method": score.method,
+                    "morf_auc": round(score.morf_auc, 4),
+                    "lerf_auc": round(score.lerf_auc, 4),
+                    "gap": round(score.gap, 4),
+                    "degenerate": score.degenerate,
+                }
+                for score in image.faithfulness
+            ]
+        sanity = self.method_sanity(image.method)
+        if sanity is not None:
+            entry["sanity_spearman"] = round(sanity.spearman[-1], 4)
+            entry["sanity_passed"] = sanity.passed
+        if image.sample_index in self.selections:
+            entry["selection"] = self.selections[image.sample_index]
+        return entry
+
+
+def _log_failure(done: Future[None]) -> None:
+    error = done.exception()
+    if error is not None:
+        log.error("scores computed after the reply were not stored", exc_info=error)
 
 
 class ExplanationService:
@@ -149,88 +368,89 @@ class ExplanationService:
         # OpenMP team spinning on them. Calls overlap in everything else.
         self.compute_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._image_workers = ThreadPoolExecutor(max_workers=IMAGE_WORKERS, thread_name_prefix="images")
+        # Scores of calls answered before them (SCORING_AFTER_REPLY), one call at a time.
+        self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
         self._drawing_parts = torch.get_num_threads()
 
     def close(self) -> None:
+        """Waits for the scores still being computed for answered calls."""
+        self._scoring.shutdown()
         self.compute_lane.shutdown()
         self._image_workers.shutdown()
 
     def explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
         job = parse_explain_request(request, self.store, self.models, self.limits.max_batch_size)
-        cam, result = self.compute_lane.submit(compute_maps, job).result()
-        response = pb.ExplainResponse(method=cam.name, target_layer=cam.layer_name, model_sha256=job.model.sha256)
-        labels = job.labels.numpy()
-        stats = SampleStats.of(result)
-        response.samples.extend(describe_samples(labels, stats))
-        picks = pick_samples_per_class(labels, stats.predicted, stats.confidence)
-        indices = list(picks.values())
-        drawn = [response.samples[index] for index in indices]
+        computed = self.compute_lane.submit(compute_and_score, job).result()
+        response = self._draw_and_keep(job, computed)
+        if job.scoring == Scoring.AFTER_REPLY:
+            self._scoring.submit(self._score_stored, job, computed).add_done_callback(_log_failure)
+        return response
+
+    def _score_stored(self, job: ExplainJob, computed: Computed) -> None:
+        """Scores a call that has been answered, then draws and stores its pictures and
+        manifest again with the scores; on failure the unscored ones stay."""
+        scored = self.compute_lane.submit(add_scores, job, computed).result()
+        self._draw_and_keep(job, scored)
+
+    def _draw_and_keep(self, job: ExplainJob, computed: Computed) -> pb.ExplainResponse:
+        """The reply, with the pictures drawn and, when asked, stored with the manifest."""
+        methods, selections = methods_per_sample(job, computed)
+        stats = SampleStats.of(computed, methods)
+        response = pb.ExplainResponse(
+            method=AUTO if job.method is None else job.method.name,
+            target_layer=computed.layer_name,
+            model_sha256=job.model.sha256,
+        )
+        response.samples.extend(describe_samples(job.labels.numpy(), stats))
+        if computed.sanity is not None:
+            response.sanity.CopyFrom(sanity_message(computed.sanity))
+            response.replacement = quality.REPLACEMENT
+        indices = computed.drawn
+        drawn = [class_image(response.samples[index], row, computed.faithfulness) for row, index in enumerate(indices)]
         # Only the drawn samples need maps at the input size.
         heat = heat_at_input_size(stats.maps[indices], job.pixels.shape[2], job.pixels.shape[3])
         pixels = job.pixels.numpy()[indices]
+        blank = np.array([image.degenerate for image in drawn])
+        sanity = response.sanity if computed.sanity else None
+        context = DrawingContext(job, computed.layer_name, response.samples, sanity, selections)
         with self._manifest_lock(job):
             # Drawing and encoding release the GIL: the classes are split across the
             # cores torch computes on.
             parts = min(len(drawn), self._drawing_parts)
             drawings = [
-                self._image_workers.submit(self._draw, cam, drawn[part::parts], pixels[part::parts], heat[part::parts])
+                self._image_workers.submit(
+                    self._draw, context, drawn[part::parts], pixels[part::parts], heat[part::parts], blank[part::parts]
+                )
                 for part in range(parts)
             ]
             kept: list[Future[tuple[pb.ClassImage, dict | None]]] = []
             for drawing in as_completed(drawings):
                 # One task a picture: S3 uploads wait on the network, not on a core.
-                kept += [self._image_workers.submit(self._keep, job, cam, *pair) for pair in drawing.result()]
+                kept += [self._image_workers.submit(self._keep, context, *pair) for pair in drawing.result()]
             outcomes = sorted((future.result() for future in kept), key=lambda outcome: outcome[0].label)
             if job.store:
-                response.manifest_key = self._write_manifest(job, [entry for _, entry in outcomes if entry])
+                response.manifest_key = self._write_manifest(job, [entry for _, entry in outcomes if entry], context)
         response.images.extend(image for image, _ in outcomes)
         return response
 
     @staticmethod
     def _draw(
-        cam: BaseCAM, samples: list[pb.SampleExplanation], pixels: np.ndarray, heat: np.ndarray
-    ) -> list[tuple[pb.SampleExplanation, bytes]]:
+        context: DrawingContext, images: list[pb.ClassImage], pixels: np.ndarray, heat: np.ndarray, blank: np.ndarray
+    ) -> list[tuple[pb.ClassImage, bytes]]:
         """Some classes' pictures, JPEG-encoded."""
-        captions = [
-            f"class {sample.true_label}  pred {sample.predicted_class} ({sample.probability:.1%})  "
-            f"{cam.name} @ {cam.layer_name}"
-            for sample in samples
-        ]
-        pictures = render_explanations(pixels, heat, captions)
-        return [(sample, encode_jpeg(picture)) for sample, picture in zip(samples, pictures, strict=True)]
+        pictures = render_explanations(pixels, heat, [context.caption(image) for image in images], blank)
+        return [(image, encode_jpeg(picture)) for image, picture in zip(images, pictures, strict=True)]
 
-    def _keep(
-        self, job: ExplainJob, cam: BaseCAM, sample: pb.SampleExplanation, jpeg: bytes
-    ) -> tuple[pb.ClassImage, dict | None]:
+    def _keep(self, context: DrawingContext, image: pb.ClassImage, jpeg: bytes) -> tuple[pb.ClassImage, dict | None]:
         """Stores one class's picture (returning its manifest entry), or attaches it to the reply."""
-        label = sample.true_label
-        image = pb.ClassImage(
-            label=label,
-            sample_index=sample.index,
-            predicted_class=sample.predicted_class,
-            probability=sample.probability,
-        )
+        job = context.job
         if not job.store:
             image.jpeg = jpeg
             return image, None
-        image.key = class_image_key(job.task_id, job.round, job.client_id, label)
-        entry = {
-            "key": image.key,
-            "label": label,
-            "sample_index": sample.index,
-            "predicted_class": sample.predicted_class,
-            "probability": round(sample.probability, 6),
-            "explained_class": sample.explained_class,
-            "method": cam.name,
-            "target_layer": cam.layer_name,
-            "architecture": job.model.architecture.name,
-            "model_sha256": job.model.sha256,
-            "cam_max": sample.cam_max,
-            "cam_mean": sample.cam_mean,
-            "degenerate": sample.degenerate,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        }
-        metadata = {name: str(value) for name, value in entry.items() if name != "key"}
+        image.key = class_image_key(job.task_id, job.round, job.client_id, image.label)
+        entry = context.manifest_entry(image)
+        metadata = {name: str(value) for name, value in entry.items() if not isinstance(value, dict | list)}
+        del metadata["key"]
         self.store.put(image.key, jpeg, "image/jpeg", metadata=metadata)
         image.url = self.store.url(image.key)
         return image, entry
@@ -241,18 +461,34 @@ class ExplanationService:
         key = manifest_key(job.task_id, job.round, job.client_id)
         return self._manifest_locks[zlib.crc32(key.encode()) % len(self._manifest_locks)]
 
-    def _write_manifest(self, job: ExplainJob, entries: list[dict]) -> str:
-        """Writes the manifest, keeping entries of classes this call did not redraw."""
+    def _write_manifest(self, job: ExplainJob, entries: list[dict], context: DrawingContext) -> str:
+        """Writes the manifest, keeping entries of classes this call did not redraw.
+        The sanity check is the latest call's."""
         key = manifest_key(job.task_id, job.round, job.client_id)
-        previous = read_document(self.store, key)
+        previous = read_document(self.store, key) or {}
         redrawn = {entry["label"] for entry in entries}
-        kept = [e for e in (previous or {}).get("images", []) if e.get("label") not in redrawn]
+        kept = [e for e in previous.get("images", []) if e.get("label") not in redrawn]
         manifest = {
             "task_id": job.task_id,
             "round": job.round,
             "client_id": job.client_id,
             "images": sorted(kept + entries, key=lambda entry: entry["label"]),
         }
+        if context.sanity is not None:
+            manifest["replacement"] = quality.REPLACEMENT
+            manifest["sanity"] = {
+                "model_sha256": job.model.sha256,
+                "target_layer": context.layer_name,
+                "randomised_layers": list(context.sanity.randomised_layers),
+                "threshold": quality.SANITY_THRESHOLD,
+                "samples": context.sanity.samples,
+                "methods": {
+                    entry.method: {"spearman": [round(v, 4) for v in entry.spearman], "passed": entry.passed}
+                    for entry in context.sanity.methods
+                },
+            }
+        elif "sanity" in previous:
+            manifest["replacement"], manifest["sanity"] = previous.get("replacement"), previous["sanity"]
         self.store.put(key, json.dumps(manifest, indent=2).encode(), "application/json")
         return key
 
@@ -309,6 +545,11 @@ class ExplanationService:
             cam_mean=entry["cam_mean"],
             degenerate=entry["degenerate"],
             created_at=entry["created_at"],
+            # Manifests written before scoring existed have none of these.
+            weak=entry.get("weak", False),
+            faithfulness=[pb.Faithfulness(**score) for score in entry.get("faithfulness", [])],
+            sanity_spearman=entry.get("sanity_spearman"),
+            sanity_passed=entry.get("sanity_passed"),
         )
 
     def info(self) -> pb.GetInfoResponse:
@@ -319,14 +560,16 @@ class ExplanationService:
             max_batch_size=self.limits.max_batch_size,
             storage=self.store.kind,
         )
+        response.methods.append(pb.CamMethod.Name(pb.CAM_METHOD_AUTO))
         for arch in ARCHITECTURES.values():
-            conv_layers = arch.conv_layers()
+            layers = target_layers(arch)
             response.architectures.add(
                 name=arch.name,
                 input_shape=list(arch.input_shape),
                 num_classes=arch.num_classes,
-                default_target_layer=conv_layers[-1],
-                conv_layers=conv_layers,
+                default_target_layer=layers.default,
+                target_layers=list(layers.names),
+                conv_layers=arch.conv_layers(),
                 default_mean=list(arch.mean),
                 default_std=list(arch.std),
             )

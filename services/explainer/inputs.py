@@ -6,6 +6,7 @@ servicer then only deals with well-formed jobs.
 
 from __future__ import annotations
 
+import enum
 import io
 import re
 from dataclasses import dataclass
@@ -27,6 +28,12 @@ from services.explainer.loaded_models import LoadedModel, ModelCache
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+class Scoring(enum.Enum):
+    NOW = pb.SCORING_IN_REPLY
+    AFTER_REPLY = pb.SCORING_AFTER_REPLY
+    SKIP = pb.SCORING_SKIP
+
+
 @dataclass(frozen=True)
 class ExplainJob:
     task_id: str
@@ -37,10 +44,11 @@ class ExplainJob:
     labels: torch.Tensor  # (N,) int64
     mean: torch.Tensor  # (C,)
     std: torch.Tensor  # (C,)
-    method: type[BaseCAM]
+    method: type[BaseCAM] | None  # None: CAM_METHOD_AUTO
     target_layer: str
     explain_predicted: bool
     store: bool
+    scoring: Scoring  # faithfulness scores and the sanity check
 
     def normalised_inputs(self) -> torch.Tensor:
         return (self.pixels - self.mean[None, :, None, None]) / self.std[None, :, None, None]
@@ -55,8 +63,15 @@ def parse_explain_request(
     if request.store or request.client_id:
         validate_id("client_id", request.client_id)
     method = METHODS.get(request.method)
-    if method is None:
+    if method is None and request.method != pb.CAM_METHOD_AUTO:
         raise InvalidArgument("method", f"unknown CAM method {request.method}")
+    if request.scoring not in (pb.SCORING_UNSPECIFIED, *(scoring.value for scoring in Scoring)):
+        raise InvalidArgument("scoring", f"unknown scoring mode {request.scoring}")
+    scoring = Scoring.NOW if request.scoring == pb.SCORING_UNSPECIFIED else Scoring(request.scoring)
+    if method is None and scoring != Scoring.NOW:
+        raise InvalidArgument("scoring", "CAM_METHOD_AUTO chooses by the scores: they must come in the reply")
+    if scoring == Scoring.AFTER_REPLY and not request.store:
+        raise InvalidArgument("scoring", "SCORING_AFTER_REPLY needs store: the scores go to the stored manifest")
     if request.target not in (
         pb.TARGET_CLASS_UNSPECIFIED,
         pb.TARGET_CLASS_TRUE_LABEL,
@@ -81,6 +96,7 @@ def parse_explain_request(
         target_layer=request.target_layer,
         explain_predicted=request.target == pb.TARGET_CLASS_PREDICTED,
         store=request.store,
+        scoring=scoring,
     )
 
 

@@ -144,6 +144,8 @@ def evaluate(msg: Message, context: Context) -> Message:
             "xai-stored": delivery.stored,
             "xai-queued": delivery.queued,
             "xai-rejected": delivery.rejected,
+            "xai-blank": delivery.blank,
+            "xai-weak": delivery.weak,
             "eval-seconds": evaluated - started,
             "xai-seconds": time.perf_counter() - evaluated,
         }

@@ -46,6 +46,15 @@ class Delivery:
     stored: int = 0  # images it stored for them
     queued: int = 0  # requests waiting in the outbox afterwards
     rejected: int = 0  # requests refused as malformed, moved aside
+    blank: int = 0  # stored images whose map is all zero
+    weak: int = 0  # stored images whose map is weak
+
+    def count(self, response: pb.ExplainResponse) -> None:
+        """Adds what the Explainer stored for one request."""
+        self.sent += 1
+        self.stored += len(response.images)
+        self.blank += sum(image.degenerate for image in response.images)
+        self.weak += sum(image.weak for image in response.images)
 
 
 class Outbox:
@@ -126,8 +135,7 @@ def deliver(
                 outbox.reject(path or outbox.add(message), f"{code.name}: {details}")
                 result.rejected += 1
             else:
-                result.sent += 1
-                result.stored += len(response.images)
+                result.count(response)
                 if path is not None:
                     path.unlink()
             if path is None:
@@ -174,6 +182,10 @@ def build_request(
     cam_method: str,
 ) -> pb.ExplainRequest:
     chosen = samples_per_class(data.labels, per_class)
+    method = pb.CamMethod.Value(cam_method)
+    # The round waits for the reply: the scores, which cost several times the maps, come
+    # after it; CAM_METHOD_AUTO chooses by them, so it waits for them.
+    scoring = pb.SCORING_IN_REPLY if method == pb.CAM_METHOD_AUTO else pb.SCORING_AFTER_REPLY
     return pb.ExplainRequest(
         task_id=task_id,
         round=round_number,
@@ -185,6 +197,7 @@ def build_request(
         tensor=tensor_to_proto(np.ascontiguousarray(data.images[chosen][:, None])),
         labels=data.labels[chosen].tolist(),
         normalization=pb.Normalization(mean=arch.mean, std=arch.std),
-        method=pb.CamMethod.Value(cam_method),
+        method=method,
         store=True,
+        scoring=scoring,
     )
