@@ -1,5 +1,6 @@
 """A read-only web page over the store: tasks, per-round metrics as charts, and
-the heatmaps of every round, client and class.
+the heatmaps of every round, client and class with what the explainer measured
+of them (blank or weak maps, deletion scores of every method, the sanity check).
 
 Everything is read through the ``ObjectStore`` interface (a local folder or
 S3/MinIO); images are streamed by this server, so a browser needs no access to
@@ -46,6 +47,15 @@ def _checked_id(kind: str, value: str) -> str:
         raise _not_found(f"no {kind} {value!r}") from None
 
 
+def _record(value: Any) -> dict[str, Any] | None:
+    """A manifest's object as it is, or None where it is missing (older manifests)."""
+    return value if isinstance(value, dict) else None
+
+
+def _records(value: Any) -> list[dict[str, Any]] | None:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else None
+
+
 class Monitor:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
@@ -71,12 +81,22 @@ class Monitor:
         return found
 
     def task(self, task: str) -> dict[str, Any]:
-        """The metrics document and the gallery index of one task."""
+        """The metrics document and the gallery index of one task.
+
+        ``gallery[round][client]`` lists the manifest's images with their scores
+        (deletion gaps of every method, the sanity check of the drawn method, why
+        the automatic choice picked it); ``quality[round][client]`` holds what the
+        manifest says of the whole call: how removed pixels were filled
+        (``replacement``) and the model-randomisation check of every method
+        (``sanity``). Fields an older manifest lacks are null, and a manifest
+        without either call-wide field has no ``quality`` entry.
+        """
         _checked_id("task", task)
         metrics = read_document(self.store, metrics_key(task))
         if metrics is None:
             raise _not_found(f"no task {task!r}")
         gallery: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        quality: dict[str, dict[str, dict[str, Any]]] = {}
         for info in self.store.list(f"{task}/"):
             parts = info.key.split("/")
             if len(parts) != 4 or parts[3] != MANIFEST_NAME:
@@ -94,13 +114,21 @@ class Monitor:
                     "target_layer": entry.get("target_layer"),
                     "cam_max": entry.get("cam_max"),
                     "degenerate": entry.get("degenerate"),
+                    "weak": entry.get("weak"),
+                    "faithfulness": _records(entry.get("faithfulness")),
+                    "sanity_spearman": entry.get("sanity_spearman"),
+                    "sanity_passed": entry.get("sanity_passed"),
+                    "selection": _record(entry.get("selection")),
                     "src": f"/images/{task}/{round_number}/{parts[2]}/{Path(str(entry.get('key', ''))).name}",
                 }
                 for entry in manifest.get("images", [])
                 if isinstance(entry, dict)
             ]
             gallery.setdefault(str(round_number), {})[parts[2]] = images
-        return {"task": task, "metrics": metrics, "gallery": gallery}
+            checks = {"replacement": manifest.get("replacement"), "sanity": _record(manifest.get("sanity"))}
+            if any(value is not None for value in checks.values()):
+                quality.setdefault(str(round_number), {})[parts[2]] = checks
+        return {"task": task, "metrics": metrics, "gallery": gallery, "quality": quality}
 
     def image(self, task: str, round_number: int, client: str, name: str) -> bytes:
         _checked_id("task", task)

@@ -58,23 +58,173 @@ function setOptions(select, values) {
   if (values.includes(keep)) select.value = keep;
 }
 
-function figure(image, caption, section) {
+function isNumber(value) {
+  return typeof value === "number" && Number.isFinite(value);
+}
+
+function signed(value) {
+  return `${value < 0 ? "−" : "+"}${Math.abs(value).toFixed(2)}`;
+}
+
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// A map's peak, raw: weak ones are tiny (0.0012, 3.4e-7).
+function peak(value) {
+  return String(Number(value.toPrecision(2)));
+}
+
+function isWrong(image) {
+  return isNumber(image.label) && isNumber(image.predicted_class) && image.predicted_class !== image.label;
+}
+
+function drawnScore(image) {
+  return (image.faithfulness || []).find((score) => score.method === image.method);
+}
+
+// The plain statements next to a picture; kind "warn" for what makes the map untrustworthy.
+function badges(image) {
+  const found = [];
+  if (isWrong(image)) found.push(["wrong prediction", "wrong"]);
+  if (image.degenerate === true) found.push(["no evidence (all-zero map)", "warn"]);
+  else if (image.weak === true) {
+    found.push([isNumber(image.cam_max) ? `weak: peak ${peak(image.cam_max)}` : "weak", "warn"]);
+  }
+  if (image.sanity_passed === false) {
+    const rho = isNumber(image.sanity_spearman) ? ` (ρ = ${image.sanity_spearman.toFixed(2)})` : "";
+    found.push([`fails sanity check${rho}`, "warn"]);
+  }
+  const score = drawnScore(image);
+  const gap = score && isNumber(score.gap) ? score.gap : image.selection && image.selection.gap;
+  // A map that ranks pixels no better than chance misleads: warn, as its caption does.
+  if (isNumber(gap) && gap <= 0) found.push([`deletion gap ${signed(gap)}, no better than random`, "warn"]);
+  else if (isNumber(gap)) found.push([`deletion gap ${signed(gap)}`, "info"]);
+  return found.map(([text, kind]) => element("span", `badge badge-${kind}`, text));
+}
+
+// Why the automatic choice drew this method.
+function selection(image) {
+  const s = image.selection;
+  if (!s || typeof s.method !== "string") return null;
+  let text = `auto chose ${s.method}`;
+  if (isNumber(s.gap)) text += ` (gap ${signed(s.gap)})`;
+  if (typeof s.runner_up === "string" && isNumber(s.margin)) {
+    text += `, ${signed(s.margin)} over ${s.runner_up}`;
+  } else if (s.runner_up === null) {
+    text += ", the only usable method";
+  }
+  if (isNumber(s.grad_cam_gap) && s.method !== "Grad-CAM" && s.runner_up !== "Grad-CAM") {
+    text += `; Grad-CAM ${signed(s.grad_cam_gap)}`;
+  }
+  const line = element("p", "selection", text);
+  if (typeof s.rule === "string") line.title = s.rule;
+  if (s.passed_sanity === false) {
+    line.append(" ", element("span", "badge badge-warn", "no method passed the sanity check"));
+  }
+  return line;
+}
+
+function sanityOf(checks, method) {
+  const methods = checks && checks.sanity && checks.sanity.methods;
+  const entry = methods && methods[method];
+  if (!entry) return null;
+  const steps = Array.isArray(entry.spearman) ? entry.spearman.filter(isNumber) : [];
+  return { rho: steps.length ? steps[steps.length - 1] : null, passed: entry.passed };
+}
+
+// Every method's deletion scores on this sample; the drawn one is marked.
+function scores(image, checks) {
+  const rows = (image.faithfulness || []).filter((score) => typeof score.method === "string");
+  if (!rows.length) return null;
+  const withSanity = rows.some((score) => sanityOf(checks, score.method));
+  const table = element("table", "scores");
+  const head = table.createTHead().insertRow();
+  for (const name of ["method", "deletion gap", ...(withSanity ? ["sanity ρ"] : [])]) {
+    head.append(element("th", "", name));
+  }
+  const body = table.createTBody();
+  const auc = (value) => (isNumber(value) ? value.toFixed(2) : "–");
+  for (const score of rows) {
+    const row = body.insertRow();
+    row.dataset.method = score.method;
+    if (score.method === image.method) row.className = "drawn";
+    row.insertCell().textContent = score.method + (score.method === image.method ? " ◂" : "");
+    const gap = row.insertCell();
+    const blank = score.degenerate === true ? " blank map" : "";
+    gap.textContent = (isNumber(score.gap) ? signed(score.gap) : "–") + blank;
+    gap.title = `MoRF AUC ${auc(score.morf_auc)}, LeRF AUC ${auc(score.lerf_auc)}`;
+    if (withSanity) {
+      const sanity = sanityOf(checks, score.method);
+      const failed = sanity !== null && sanity.passed === false;
+      const cell = row.insertCell();
+      cell.textContent = sanity && isNumber(sanity.rho) ? sanity.rho.toFixed(2) + (failed ? " fails" : "") : "–";
+      if (failed) cell.className = "fails";
+    }
+  }
+  return table;
+}
+
+function figure(image, caption, section, checks) {
   const fig = document.createElement("figure");
+  fig.dataset.label = image.label;
+  fig.dataset.section = section;
   const img = document.createElement("img");
   img.addEventListener("load", () => { img.dataset.loaded = "true"; });
   img.src = image.src;
-  img.className = "heatmap";
+  img.className = isWrong(image) ? "heatmap wrong" : "heatmap";
   img.dataset.label = image.label;
   img.dataset.section = section;
   img.alt = caption;
-  const text = document.createElement("figcaption");
-  text.textContent = caption;
+  const text = element("figcaption", "", caption);
   fig.append(img, text);
+  const marks = badges(image);
+  if (marks.length) {
+    const line = element("p", "badges");
+    line.append(...marks);
+    fig.append(line);
+  }
+  for (const part of [selection(image), scores(image, checks)]) {
+    if (part) fig.append(part);
+  }
   return fig;
 }
 
 function describe(image) {
-  return `class ${image.label}: predicted ${image.predicted_class} (${(image.probability * 100).toFixed(1)}%), ${image.method}`;
+  const probability = isNumber(image.probability) ? ` (${(image.probability * 100).toFixed(1)}%)` : "";
+  const method = typeof image.method === "string" ? `, ${image.method}` : "";
+  return `class ${image.label}: predicted ${image.predicted_class ?? "?"}${probability}${method}`;
+}
+
+// What the scores of one call mean: how removed pixels were filled, and which
+// methods' maps survive randomising the model.
+function describeChecks(checks) {
+  const note = document.getElementById("checks");
+  note.replaceChildren();
+  if (!checks) return;
+  if (typeof checks.replacement === "string") {
+    note.append(element("span", "", "Deletion gap: LeRF − MoRF AUC, the areas under the class's probability as the " +
+      "least or the most relevant pixels of the map are removed first, filled by " +
+      `${checks.replacement}. Higher is more faithful; about 0 for a random map.`));
+  }
+  const sanity = checks.sanity;
+  if (!sanity || !sanity.methods) return;
+  const layers = Array.isArray(sanity.randomised_layers) ? ` (${sanity.randomised_layers.join(", ")})` : "";
+  const samples = isNumber(sanity.samples) ? ` on ${sanity.samples} samples` : "";
+  const threshold = isNumber(sanity.threshold) ? `ρ ≥ ${sanity.threshold}` : "a high ρ";
+  const line = element("span", "", "Sanity check: rank correlation ρ of each method's maps before and after " +
+    `randomising the model${layers}${samples}; a method fails at ${threshold}: `);
+  Object.keys(sanity.methods).forEach((method, index) => {
+    const s = sanityOf(checks, method);
+    const failed = s !== null && s.passed === false;
+    const rho = s && isNumber(s.rho) ? ` ρ = ${s.rho.toFixed(2)}` : "";
+    if (index) line.append(" · ");
+    line.append(element("span", failed ? "fails" : "", `${method}${rho}${failed ? " fails" : ""}`));
+  });
+  note.append(line);
 }
 
 function drawGallery() {
@@ -83,18 +233,22 @@ function drawGallery() {
   setOptions(round, rounds);
   const clients = Object.keys(data.gallery[round.value] || {}).sort();
   setOptions(client, clients);
+  const quality = data.quality || {};
+  const checksOf = (r) => (quality[r] || {})[client.value];
   const images = (data.gallery[round.value] || {})[client.value] || [];
   const gallery = document.getElementById("gallery");
-  gallery.replaceChildren(...images.map((image) => figure(image, describe(image), "gallery")));
+  const checks = checksOf(round.value);
+  gallery.replaceChildren(...images.map((image) => figure(image, describe(image), "gallery", checks)));
   gallery.dataset.round = round.value;
   gallery.dataset.client = client.value;
+  describeChecks(checks);
 
   const classes = [...new Set(rounds.flatMap((r) => (data.gallery[r][client.value] || []).map((i) => String(i.label))))];
   const klass = document.getElementById("class");
   setOptions(klass, classes.sort((a, b) => a - b));
   const across = rounds.flatMap((r) =>
     (data.gallery[r][client.value] || []).filter((i) => String(i.label) === klass.value)
-      .map((i) => figure(i, `round ${r}: ${describe(i)}`, "compare")));
+      .map((i) => figure(i, `round ${r}: ${describe(i)}`, "compare", checksOf(r))));
   document.getElementById("compare").replaceChildren(...across);
 }
 
