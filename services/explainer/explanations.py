@@ -410,7 +410,6 @@ class ExplanationService:
         # Only the drawn samples need maps at the input size.
         heat = heat_at_input_size(stats.maps[indices], job.pixels.shape[2], job.pixels.shape[3])
         pixels = job.pixels.numpy()[indices]
-        blank = np.array([image.degenerate for image in drawn])
         sanity = response.sanity if computed.sanity else None
         context = DrawingContext(job, computed.layer_name, response.samples, sanity, selections)
         with self._manifest_lock(job):
@@ -419,7 +418,7 @@ class ExplanationService:
             parts = min(len(drawn), self._drawing_parts)
             drawings = [
                 self._image_workers.submit(
-                    self._draw, context, drawn[part::parts], pixels[part::parts], heat[part::parts], blank[part::parts]
+                    self._draw, context, drawn[part::parts], pixels[part::parts], heat[part::parts]
                 )
                 for part in range(parts)
             ]
@@ -435,10 +434,12 @@ class ExplanationService:
 
     @staticmethod
     def _draw(
-        context: DrawingContext, images: list[pb.ClassImage], pixels: np.ndarray, heat: np.ndarray, blank: np.ndarray
+        context: DrawingContext, images: list[pb.ClassImage], pixels: np.ndarray, heat: np.ndarray
     ) -> list[tuple[pb.ClassImage, bytes]]:
         """Some classes' pictures, JPEG-encoded."""
-        pictures = render_explanations(pixels, heat, [context.caption(image) for image in images], blank)
+        captions = [context.caption(image) for image in images]
+        blank = np.array([image.degenerate for image in images])
+        pictures = render_explanations(pixels, heat, captions, blank)
         return [(image, encode_jpeg(picture)) for image, picture in zip(images, pictures, strict=True)]
 
     def _keep(self, context: DrawingContext, image: pb.ClassImage, jpeg: bytes) -> tuple[pb.ClassImage, dict | None]:
