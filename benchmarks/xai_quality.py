@@ -52,6 +52,7 @@ from torch import nn
 
 from fedxai.data import load_pool
 from fedxai.models import ARCHITECTURES, build_model
+from fedxai.stats import rank_correlation
 from fedxai.tensors import decode_state_dict
 from services.explainer import quality
 from services.explainer.cam import ALL_METHODS, TargetLayers, normalise, target_layers, upsample
@@ -317,7 +318,7 @@ def road_cross_check(model: nn.Module, layers: TargetLayers, digits: Digits, clo
             "ROADCombined: (LeRF - MoRF) / 2": ((our_lerf - our_morf) / 2, (their_lerf - their_morf) / 2),
         }
         for name, (a, b) in rows.items():
-            rho = quality.rank_correlation(a[None].astype(np.float64), b[None].astype(np.float64))[0]
+            rho = rank_correlation(a[None].astype(np.float64), b[None].astype(np.float64))[0]
             lines.append(
                 f"| {method} | {name} | {a.mean():.4f} | {b.mean():.4f} | {np.abs(a - b).mean():.4f} | {rho:.3f} |"
             )

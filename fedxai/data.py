@@ -131,3 +131,44 @@ def train_validation_split(data: Dataset, validation_fraction: float, seed: int)
     order = np.random.default_rng(seed).permutation(len(data))
     held_out = max(1, round(len(data) * validation_fraction))
     return data.subset(np.sort(order[held_out:])), data.subset(np.sort(order[:held_out]))
+
+
+def probe_set(held_out: Dataset, probe_dir: str, per_class: int, seed: int) -> Dataset:
+    """The public images on which the aggregator compares models: ``per_class``
+    images of every class, drawn with ``seed`` from ``probe_dir`` or, when it is
+    empty, from the aggregator's held-out split. The same images every round."""
+    source = _read_probe_dir(Path(probe_dir)) if probe_dir else held_out
+    rng = np.random.default_rng(seed)
+    chosen = [
+        np.sort(rng.choice(members, size=min(per_class, len(members)), replace=False))
+        for members in (np.flatnonzero(source.labels == label) for label in np.unique(source.labels))
+    ]
+    return source.subset(np.concatenate(chosen))
+
+
+def _read_probe_dir(directory: Path) -> Dataset:
+    """IDX files (the test split when there are both), or 28x28 greyscale PNG/JPEG
+    images in one subfolder per class named by its label (``3/any-name.png``)."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"probe-dir {directory} is not a folder")
+    splits = available_splits(directory)
+    if splits:
+        return Dataset(*load_split(directory, "test" if "test" in splits else splits[0]))
+    from PIL import Image  # only for a folder of images
+
+    images, labels = [], []
+    for folder in sorted(p for p in directory.iterdir() if p.is_dir() and p.name.isdigit()):
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+                continue
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("L"))
+            if pixels.shape != (28, 28):
+                raise ValueError(f"probe-dir image {path} is {pixels.shape[1]}x{pixels.shape[0]}, not 28x28")
+            images.append(pixels)
+            labels.append(int(folder.name))
+    if not images:
+        raise FileNotFoundError(
+            f"probe-dir {directory}: no MNIST IDX files and no PNG/JPEG images in class folders (0/, 1/, ...)"
+        )
+    return Dataset(np.stack(images), np.array(labels, dtype=np.int64))

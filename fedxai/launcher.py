@@ -232,24 +232,38 @@ def _describe_round(entry: dict[str, Any], rounds: int) -> str:
         images += f" ({', '.join(flagged)})"
     if xai.get("queued"):
         images += f", {xai['queued']} requests queued"
-    return (
+    line = (
         f"round {entry['round']}/{rounds}  global accuracy {accuracy:.1%} (loss {loss:.3f})  "
         f"{clients} clients  {images}  {entry.get('seconds', 0):.1f} s"
     )
+    flagged = (entry.get("comparison") or {}).get("clients", {})
+    for client, figures in sorted(flagged.items()):
+        if figures.get("flagged"):
+            classes = ", ".join(str(label) for label in figures.get("flag_classes", []))
+            line += f"\n  {client} flagged: its explanations of class {classes} are outliers"
+    if entry.get("excluded"):
+        line += f"\n  left out of the average: {', '.join(entry['excluded'])}"
+    return line
 
 
-def flower_env(base: Mapping[str, str], flwr_home: Path, storage_env: Mapping[str, str]) -> dict[str, str]:
+def flower_env(base: Mapping[str, str], work: Path, storage_env: Mapping[str, str]) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     return {
         **base,
         **storage_env,
         "PATH": f"{bin_dir}{os.pathsep}{base.get('PATH', '')}",
-        "FLWR_HOME": str(flwr_home),
+        "FLWR_HOME": str(work / "flwr"),
+        # The ServerApp's outbox of explanation requests.
+        "FEDXAI_AGGREGATOR_STATE_DIR": str(aggregator_state_dir(work)),
         "FLWR_TELEMETRY_ENABLED": "0",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
         # Flower polls for work every second by default; rounds wait on it.
         "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.1",
     }
+
+
+def aggregator_state_dir(work: Path) -> Path:
+    return work / "aggregator"
 
 
 def storage_environment(storage: StorageSettings) -> dict[str, str]:
@@ -276,6 +290,8 @@ def preflight(options: RunOptions) -> None:
             f"--clients {options.clients} is below min-train-nodes={task.min_train_nodes} / "
             f"min-evaluate-nodes={task.min_evaluate_nodes}: the run would wait forever"
         )
+    if task.attack != "none" and task.attack_client >= options.clients:
+        raise SettingsError(f"attack-client {task.attack_client} is not one of the {options.clients} clients")
     try:  # reads the files, or downloads them once here rather than in every node
         load_pool(task.data_dir, task.test_fraction, task.seed, task.max_samples)
     except (FileNotFoundError, ValueError) as error:
@@ -398,12 +414,12 @@ def run_federation(options: RunOptions, base_env: Mapping[str, str], out: TextIO
         if options.start_explainer:
             start_explainer(children, task.explainer_address, {**base_env, **storage_env})
             say(out, f"explainer ready on {task.explainer_address}")
-        federation = start_federation(children, work, options.clients, flower_env(base_env, work / "flwr", storage_env))
+        federation = start_federation(children, work, options.clients, flower_env(base_env, work, storage_env))
         say(out, f"superlink and {options.clients} supernodes started")
         federation.submit(children, "flwr-run", options.app_dir, task.to_run_config())
         document = _follow(children, store, task, started, out)
         if task.xai_enabled:
-            _flush_outboxes(federation.node_dirs, task, out)
+            _flush_outboxes([*federation.node_dirs, aggregator_state_dir(work) / task.task_name], task, out)
         return document
     finally:
         children.stop_all()
@@ -426,7 +442,7 @@ def run_aggregator(
     work = work_dir.resolve()
     children = Children(work / "logs")
     children.log_dir.mkdir(parents=True, exist_ok=True)
-    env = flower_env(base_env, work / "flwr", storage_environment(storage))
+    env = flower_env(base_env, work, storage_environment(storage))
     started = datetime.now(UTC).isoformat(timespec="seconds")
     try:
         host, port = address
@@ -466,8 +482,9 @@ def _follow(children: Children, store: ObjectStore, task: TaskConfig, started: s
 
 
 def _flush_outboxes(node_dirs: list[Path], task: TaskConfig, out: TextIO) -> None:
-    """Delivers explanation requests that trainers queued while the explainer was away."""
-    from services.trainer.explainer_link import Outbox, deliver
+    """Delivers explanation requests that trainers and the aggregator queued while
+    the explainer was away."""
+    from fedxai.delivery import Outbox, deliver
 
     for node_dir in node_dirs:
         outbox = Outbox(node_dir / "outbox")

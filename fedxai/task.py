@@ -13,9 +13,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from fedxai.attacks import ATTACKS
 from fedxai.errors import InvalidArgument
 from fedxai.settings import SettingsError, parse_address
-from fedxai.storage.layout import validate_id
+from fedxai.storage.layout import validate_client_id, validate_id
 
 STRATEGIES = ("FedAvg",)
 # Ten classes times this stays well under the explainer's default batch limit (1024).
@@ -36,11 +37,19 @@ CAM_METHODS = {
 
 # (settings, the condition each value must meet, how to say it)
 _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
-    (("num-server-rounds", "local-epochs", "batch-size", "samples-per-class"), lambda v: v >= 1, "must be at least 1"),
-    (("min-train-nodes", "min-evaluate-nodes", "max-samples"), lambda v: v >= 0, "must not be negative"),
+    (
+        ("num-server-rounds", "local-epochs", "batch-size", "samples-per-class", "probe-per-class"),
+        lambda v: v >= 1,
+        "must be at least 1",
+    ),
+    (
+        ("min-train-nodes", "min-evaluate-nodes", "max-samples", "attack-client"),
+        lambda v: v >= 0,
+        "must not be negative",
+    ),
     (("fraction-train", "fraction-evaluate"), lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
     (("validation-fraction", "test-fraction"), lambda v: 0.0 < v < 1.0, "must lie strictly between 0 and 1"),
-    (("learning-rate", "dirichlet-alpha", "explainer-timeout"), lambda v: v > 0, "must be positive"),
+    (("learning-rate", "dirichlet-alpha", "explainer-timeout", "flag-threshold"), lambda v: v > 0, "must be positive"),
 )
 
 
@@ -71,6 +80,15 @@ class TaskConfig:
     validation_fraction: float = 0.2
     test_fraction: float = 0.2
     seed: int = 42
+    # The aggregator explains the global model and every client's update on a probe set.
+    explain_federation: bool = True
+    probe_dir: str = ""
+    probe_per_class: int = 8
+    probe_cam_method: str = "hirescam"
+    flag_threshold: float = 3.5
+    exclude_flagged: bool = False
+    attack: str = "none"
+    attack_client: int = 0
 
     @staticmethod
     def key(field_name: str) -> str:
@@ -99,13 +117,17 @@ class TaskConfig:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("partitioning", self.partitioning, PARTITIONINGS)
         _choice("cam-method", self.cam_method, tuple(CAM_METHODS))
+        _choice("attack", self.attack, ATTACKS)
+        # Maps compared across clients must come from one method, not auto's choice per map.
+        _choice("probe-cam-method", self.probe_cam_method, tuple(m for m in CAM_METHODS if m != "auto"))
         for names, holds, requirement in _BOUNDS:
             for name in names:
                 if not holds(getattr(self, name.replace("-", "_"))):
                     raise SettingsError(f"{name} {requirement}")
         parse_address("explainer-address", self.explainer_address)
-        if self.samples_per_class > MAX_SAMPLES_PER_CLASS:
-            raise SettingsError(f"samples-per-class must be at most {MAX_SAMPLES_PER_CLASS}")
+        for name in ("samples-per-class", "probe-per-class"):
+            if getattr(self, name.replace("-", "_")) > MAX_SAMPLES_PER_CLASS:
+                raise SettingsError(f"{name} must be at most {MAX_SAMPLES_PER_CLASS}")
         from fedxai.models import ARCHITECTURES  # torch is imported only when a task is checked
 
         # The federation learns MNIST: only architectures for 1x28x28 input fit.
@@ -113,9 +135,9 @@ class TaskConfig:
         _choice("architecture", self.architecture, fitting)
 
 
-def validate_id_setting(name: str, value: str) -> None:
+def validate_id_setting(name: str, value: str, *, client: bool = False) -> None:
     try:
-        validate_id(name, value)
+        (validate_client_id if client else validate_id)(name, value)
     except InvalidArgument as error:
         raise SettingsError(str(error)) from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 from fedxai.tensors import tensor_to_proto
 from fedxai.v1 import explainer_pb2 as pb
@@ -40,3 +41,22 @@ def decode_jpeg(data: bytes) -> np.ndarray:
     picture = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     assert picture is not None, "not a decodable JPEG"
     return picture
+
+
+def perturbed(model: torch.nn.Module, seed: int, scale: float = 0.05) -> dict[str, torch.Tensor]:
+    """The model's weights with noise of ``scale`` times each tensor's spread: an
+    honest client's update differs a little from the others'."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: value + scale * value.std() * torch.randn(value.shape, generator=generator)
+        for name, value in model.state_dict().items()
+    }
+
+
+def with_flipped_outputs(model: torch.nn.Module, a: int = 1, b: int = 7) -> dict[str, torch.Tensor]:
+    """The model with the outputs of classes ``a`` and ``b`` swapped: what a client
+    that trains with those labels swapped ends up with."""
+    state = {name: value.clone() for name, value in model.state_dict().items()}
+    for name in ("fc2.weight", "fc2.bias"):
+        state[name][[a, b]] = state[name][[b, a]]
+    return state

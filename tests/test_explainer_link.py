@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from fedxai.data import Dataset
+from fedxai.delivery import Outbox, deliver
 from fedxai.models import ARCHITECTURES
 from fedxai.tensors import encode_state_dict
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
-from services.trainer.explainer_link import Outbox, build_request, deliver, samples_per_class
+from services.trainer.explainer_link import build_request, samples_per_class
 from tests.conftest import free_port
 
 ARCH = ARCHITECTURES["mnist_cnn"]

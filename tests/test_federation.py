@@ -115,7 +115,50 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
         for client in ("client-0", "client-1"):
             manifest = json.loads((out / f"round-{entry['round']:03d}" / client / "explanations.json").read_text())
             assert {image["model_sha256"] for image in manifest["images"]} == {entry["checkpoint_sha256"]}
+        # The aggregator explained the global model and each update on its probe set.
+        round_dir = out / f"round-{entry['round']:03d}"
+        global_manifest = json.loads((round_dir / "global" / "explanations.json").read_text())
+        assert {image["model_sha256"] for image in global_manifest["images"]} == {entry["checkpoint_sha256"]}
+        assert "sanity" in global_manifest, "the global model's pictures are scored"
+        for client in ("client-0", "client-1"):
+            update = json.loads((round_dir / "updates" / client / "explanations.json").read_text())
+            assert [image["label"] for image in update["images"]] == list(range(10))
+            assert update["images"][0]["model_sha256"] != entry["checkpoint_sha256"]
+        comparison = entry["comparison"]
+        assert comparison["method"] == "HiResCAM" and comparison["flagged"] == []
+        for client in ("client-0", "client-1"):
+            figures = comparison["clients"][client]
+            assert set(figures["distance_to_global"]) == set(figures["distance_to_clients"]) == set(map(str, range(10)))
+            assert "z_score" not in figures, "two clients are too few to call one an outlier"
+        assert set(comparison["weights"]) == {"client-0", "client-1"}
+    assert "drift" in document["rounds"][2]["comparison"]["global"]
+    assert document["probe"]["images"] == 80 and document["probe"]["queued"] == 0
     assert wait_until_gone(tmp_path / "work") == []
+
+
+def test_a_label_flipping_client_is_flagged_and_left_out(tmp_path):
+    command = fedxai_run(
+        tmp_path, "--explainer-address", f"127.0.0.1:{free_port()}",
+        "--set", "attack=label-flip", "--set", "attack-client=2", "--set", "exclude-flagged=true",
+    )  # fmt: skip
+    command[command.index("--clients") + 1] = "3"
+    command[command.index("max-samples=2000")] = "max-samples=3000"
+    result = subprocess.run(
+        command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "client-2 flagged: its explanations of class" in result.stdout
+    document = metrics(tmp_path)
+    for entry in document["rounds"][2:]:  # from round 2, as trained models differ
+        comparison = entry["comparison"]
+        assert comparison["flagged"] == ["client-2"], comparison
+        assert set(comparison["clients"]["client-2"]["flag_classes"]) & {1, 7}
+        assert entry["excluded"] == ["client-2"]
+        assert entry["exclusion"] == "left out of the average: client-2"
+    for entry in document["rounds"][1:]:
+        assert not any(entry["comparison"]["clients"][c]["flagged"] for c in ("client-0", "client-1"))
+    out = tmp_path / "out" / "xaitest"
+    assert sorted(p.name for p in (out / "round-002" / "updates").iterdir()) == ["client-0", "client-1", "client-2"]
 
 
 def test_explainer_down_in_the_first_round_loses_nothing(tmp_path):
@@ -149,11 +192,16 @@ def test_explainer_down_in_the_first_round_loses_nothing(tmp_path):
     round_2 = metrics(tmp_path)["rounds"][2]["xai"]
     assert delivery(round_2) == {"sent": 4, "stored": 40, "queued": 0, "rejected": 0}
     out = tmp_path / "out" / "xaitest"
+    document = metrics(tmp_path)
     for round_dir in ("round-001", "round-002"):
-        for client in ("client-0", "client-1"):
-            images = sorted(p.name for p in (out / round_dir / client).glob("gradcam_class_*.jpg"))
-            assert len(images) == 10, (round_dir, client, images)
-    assert list((tmp_path / "work" / "nodes").rglob("*.pb")) == []
+        for folder in ("client-0", "client-1", "global", "updates/client-0", "updates/client-1"):
+            images = sorted(p.name for p in (out / round_dir / folder).glob("gradcam_class_*.jpg"))
+            assert len(images) == 10, (round_dir, folder, images)
+    # The aggregator's round-1 requests waited in its outbox and were compared once delivered.
+    for entry in document["rounds"][1:]:
+        assert set(entry["comparison"]["clients"]) == {"client-0", "client-1"}
+        assert all("distance_to_global" in figures for figures in entry["comparison"]["clients"].values())
+    assert list((tmp_path / "work").rglob("*.pb")) == []
 
 
 def test_ctrl_c_stops_every_process(tmp_path):

@@ -18,18 +18,23 @@ from pathlib import Path
 import pytest
 import uvicorn
 
+from fedxai.data import Dataset, probe_set
+from fedxai.models import ARCHITECTURES
 from fedxai.storage import LocalStore
 from fedxai.storage.layout import metrics_key
+from fedxai.task import TaskConfig
+from fedxai.v1 import explainer_pb2 as pb
+from services.aggregator.probe import RoundMaps, probe_request
 from services.explainer.explanations import ExplanationService, Limits
 from services.monitor.app import create_app
 from tests.conftest import free_port
-from tests.helpers import decode_jpeg, explain_request
+from tests.helpers import TRAINED_ON, decode_jpeg, explain_request, perturbed, with_flipped_outputs
 
 ROUNDS, CLIENTS = (1, 2), ("client-0", "client-1")
 
 
 @pytest.fixture(scope="module")
-def filled_store(tmp_path_factory, mnist, mnist_weights) -> LocalStore:
+def filled_store(tmp_path_factory, mnist, mnist_weights, trained_mnist_cnn) -> LocalStore:
     """Two rounds of two clients' heatmaps made by the explainer, and the run's metrics.json."""
     store = LocalStore(tmp_path_factory.mktemp("store"))
     service = ExplanationService(store, Limits(64 << 20, 1024, cached_models=4))
@@ -60,7 +65,58 @@ def filled_store(tmp_path_factory, mnist, mnist_weights) -> LocalStore:
     document = {"task": "xaitest", "status": "finished", "num_rounds": 2, "updated_at": "now", "rounds": rounds}
     store.put(metrics_key("xaitest"), json.dumps(document).encode(), "application/json")
     write_scored_task(store)
+    write_federated_task(store, service_for(store), mnist, trained_mnist_cnn)
     return store
+
+
+def service_for(store: LocalStore) -> ExplanationService:
+    return ExplanationService(store, Limits(64 << 20, 1024, cached_models=4))
+
+
+FEDERATED_CLIENTS = ("client-0", "client-1", "client-2", "client-3")  # client-3's outputs 1 and 7 are swapped
+
+
+def write_federated_task(store: LocalStore, service: ExplanationService, mnist, model) -> None:
+    """Task "federated": two rounds of the global model and four updates explained on
+    a probe set by the explainer and compared as the aggregator does."""
+    images, labels = mnist
+    probe = probe_set(Dataset(images[TRAINED_ON:], labels[TRAINED_ON:]), "", 4, seed=42)
+    task = TaskConfig(task_name="federated")
+    compared: dict[int, dict] = {}
+    maps = RoundMaps(probe.labels, task.flag_threshold, lambda r, c: compared.setdefault(r, {}).update(c))
+    arch = ARCHITECTURES["mnist_cnn"]
+    for round_number in ROUNDS:
+        states = {c: perturbed(model, 10 * round_number + i) for i, c in enumerate(FEDERATED_CLIENTS[:3])}
+        states["client-3"] = with_flipped_outputs(model)
+        subjects = [(pb.SUBJECT_CLIENT_UPDATE, c, s) for c, s in states.items()]
+        subjects.append((pb.SUBJECT_GLOBAL_MODEL, "", perturbed(model, round_number, 0.02)))
+        for subject, client, state in subjects:
+            request = probe_request(task, arch, probe, round_number, subject, client, state)
+            maps.add(request, service.explain(request))
+    service.close()
+    rounds = [
+        {"round": r, "global": {"accuracy": 0.9, "loss": 0.3}, "comparison": compared.get(r)} for r in (0, *ROUNDS)
+    ]
+    for entry in rounds[1:]:
+        entry["excluded"] = ["client-3"]
+    document = {
+        "task": "federated",
+        "status": "finished",
+        "num_rounds": 2,
+        "updated_at": "now",
+        "rounds": rounds,
+        "probe": {
+            "source": "the aggregator's held-out split",
+            "images": len(probe),
+            "per_class": 4,
+            "method": "hirescam",
+            "distance": "1 - Spearman",
+            "flag_threshold": 3.5,
+            "exclude_flagged": True,
+            "queued": 0,
+        },
+    }
+    store.put(metrics_key("federated"), json.dumps(document).encode(), "application/json")
 
 
 METHODS = ("Grad-CAM", "Grad-CAM++", "HiResCAM", "XGrad-CAM", "LayerCAM")
@@ -437,3 +493,48 @@ def test_the_page_shows_the_scores_beside_each_heatmap(monitor_url, tmp_path):
     (body,) = dom.nodes("body")
     assert not {"undefined", "NaN", "null"} & set(dom.text(body).split())
     assert all(img.get("data-loaded") == "true" for img in dom.find("img", **{"class": "heatmap"}))
+
+
+def test_task_api_has_the_probe_galleries(monitor_url, filled_store):
+    status, _, body = get(f"{monitor_url}/api/tasks/federated")
+    assert status == 200
+    document = json.loads(body)
+    assert document["gallery"] == {}, "the probe set's pictures are not a client's"
+    for round_number in ROUNDS:
+        probe = document["probe"][str(round_number)]
+        assert len(probe["global"]) == 10
+        assert sorted(probe["updates"]) == list(FEDERATED_CLIENTS)
+        assert document["metrics"]["rounds"][round_number]["comparison"]["flagged"] == ["client-3"]
+    src = document["probe"]["2"]["updates"]["client-3"][7]["src"]
+    assert src == "/images/federated/2/updates/client-3/gradcam_class_7.jpg"
+    status, kind, jpeg = get(f"{monitor_url}{src}")
+    assert status == 200 and kind == "image/jpeg"
+    assert jpeg == filled_store.get("federated/round-002/updates/client-3/gradcam_class_7.jpg")
+    status, _, jpeg = get(f"{monitor_url}{document['probe']['1']['global'][0]['src']}")
+    assert status == 200 and decode_jpeg(jpeg).shape[2] == 3
+    for path in ("/images/federated/1/updates/..%2Fglobal/gradcam_class_1.jpg", "/images/federated/1/updates/x/y.jpg"):
+        assert get(f"{monitor_url}{path}")[0] == 404
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by .ci/run")
+def test_the_page_shows_flags_and_the_probe_set(monitor_url, tmp_path):
+    dom = dump_dom(f"{monitor_url}/tasks/federated", tmp_path / "profile")
+    (chart,) = dom.find("canvas", id="outlier-chart")
+    assert chart["data-series"] == ",".join([*FEDERATED_CLIENTS, "flag threshold"])
+    assert chart["data-points"] == "2"
+    (drift,) = dom.find("canvas", id="drift-chart")
+    assert drift["data-series"] == "mean over classes,largest class"
+    (flags,) = dom.nodes("table", id="flags")
+    rows = dom.nodes("tr", inside=flags)[1:]  # after the header
+    cells = [[dom.text(c) for c in dom.nodes("td", inside=row)] for row in rows]
+    assert [row[:3] for row in cells] == [["1", "client-3", "yes"], ["2", "client-3", "yes"]]
+    assert all(row[8] == "left out" and set(row[3].split(", ")) <= {"1", "7"} for row in cells)
+    (gallery,) = dom.nodes("div", id="probe-gallery")
+    assert (dom.elements[gallery][1]["data-round"], dom.elements[gallery][1]["data-model"]) == ("1", "global")
+    figures = dom.nodes("figure", inside=gallery)
+    assert len(figures) == 10
+    assert all(img.get("data-loaded") == "true" for img in dom.find("img", **{"data-section": "probe"}))
+    (note,) = dom.nodes("p", id="probe-note")
+    assert "40 images (4 per class)" in dom.text(note) and "left out of the average" in dom.text(note)
+    (body,) = dom.nodes("body")
+    assert not {"undefined", "NaN", "null"} & set(dom.text(body).split())

@@ -64,8 +64,9 @@ def test_certificate_and_key_go_together(certs):
 
 def test_trainers_deliver_over_tls(tls_explainer, certs, local_store, trained_mnist_cnn, mnist, tmp_path):
     from fedxai.data import Dataset
+    from fedxai.delivery import Outbox, deliver
     from fedxai.models import ARCHITECTURES
-    from services.trainer.explainer_link import Outbox, build_request, deliver
+    from services.trainer.explainer_link import build_request
 
     images, labels = mnist
     request = build_request(

@@ -78,13 +78,26 @@ def main() -> None:
                 )
                 assert picture is not None and picture.shape[1] > picture.shape[0], (prefix, label)
             images += len(labels)
-    sys.stdout.write(f"bucket: metrics.json finished, accuracy {accuracy}, {images} heatmaps\n")
+        # The aggregator explained the global model and every update on its probe set.
+        for folder in ["global", *(f"updates/client-{number}" for number in range(args.clients))]:
+            manifest = json.loads(read(client, bucket, f"xaitest/round-{round_number:03d}/{folder}/explanations.json"))
+            assert [entry["label"] for entry in manifest["images"]] == list(range(10)), (round_number, folder)
+        compared = metrics["rounds"][round_number]["comparison"]
+        assert sorted(compared["clients"]) == [f"client-{number}" for number in range(args.clients)], compared
+    probe_images = args.rounds * (1 + args.clients) * 10
+    sys.stdout.write(
+        f"bucket: metrics.json finished, accuracy {accuracy}, {images} heatmaps, {probe_images} of the probe set\n"
+    )
 
     check = '{"service": "fedxai.v1.Explainer"}'
     health = json.loads(grpcurl(args.explainer, "grpc.health.v1.Health/Check", data=check))
     assert health == {"status": "SERVING"}, health
     listed = json.loads(grpcurl(args.explainer, "fedxai.v1.Explainer/ListExplanations", data='{"task_id": "xaitest"}'))
-    explanations = listed["explanations"]
+    assert len(listed["explanations"]) == images + probe_images, (len(listed["explanations"]), images, probe_images)
+    trainers_only = '{"task_id": "xaitest", "subjects": ["SUBJECT_CLIENT_EVALUATION"]}'
+    explanations = json.loads(grpcurl(args.explainer, "fedxai.v1.Explainer/ListExplanations", data=trainers_only))[
+        "explanations"
+    ]
     assert len(explanations) == images, (len(explanations), images)
     first = explanations[0]
     with urllib.request.urlopen(first["url"], timeout=10) as response:
@@ -96,6 +109,10 @@ def main() -> None:
     assert task["metrics"]["status"] == "finished"
     shown = sum(len(images) for clients in task["gallery"].values() for images in clients.values())
     assert shown == images, (shown, images)
+    probe_shown = sum(
+        len(probe["global"]) + sum(map(len, probe["updates"].values())) for probe in task["probe"].values()
+    )
+    assert probe_shown == probe_images, (probe_shown, probe_images)
     sample = next(iter(next(iter(task["gallery"].values())).values()))[0]["src"]
     with urllib.request.urlopen(f"http://{args.monitor}{sample}", timeout=10) as response:
         assert response.headers["content-type"] == "image/jpeg"

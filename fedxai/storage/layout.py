@@ -2,13 +2,16 @@
 
 <task>/metrics.json
 <task>/round-<NNN>/global_model.safetensors
-<task>/round-<NNN>/<client>/gradcam_class_<label>.jpg
+<task>/round-<NNN>/<client>/gradcam_class_<label>.jpg           the global model on a trainer's samples
 <task>/round-<NNN>/<client>/explanations.json
+<task>/round-<NNN>/global/...                                   the global model on the probe set
+<task>/round-<NNN>/updates/<client>/...                         a client's update on the probe set
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from fedxai.errors import InvalidArgument
 
@@ -23,6 +26,12 @@ METRICS_NAME = "metrics.json"
 CLASS_IMAGE_PREFIX = "gradcam_class_"
 
 
+GLOBAL_DIR = "global"
+UPDATES_DIR = "updates"
+# Folders of a round that are not a client's.
+RESERVED_CLIENT_IDS = (GLOBAL_DIR, UPDATES_DIR)
+
+
 def validate_id(field: str, value: str) -> str:
     """Task and client ids become key components: letters, digits, '.', '_', '-'."""
     if not _ID.fullmatch(value):
@@ -30,6 +39,13 @@ def validate_id(field: str, value: str) -> str:
             field,
             f"{value!r} is not a valid id (1-64 letters, digits, '.', '_' or '-', starting with a letter or digit)",
         )
+    return value
+
+
+def validate_client_id(field: str, value: str) -> str:
+    validate_id(field, value)
+    if value in RESERVED_CLIENT_IDS:
+        raise InvalidArgument(field, f"{value!r} is reserved (a round's {value}/ folder is not a client's)")
     return value
 
 
@@ -52,16 +68,46 @@ def round_prefix(task_id: str, round_number: int) -> str:
     return f"{task_id}/{round_dir(round_number)}"
 
 
-def client_prefix(task_id: str, round_number: int, client_id: str) -> str:
-    return f"{round_prefix(task_id, round_number)}/{client_id}"
+@dataclass(frozen=True)
+class Folder:
+    """Where one call's explanations are kept: a trainer's evaluation (``subject``
+    "client"), the global model ("global") or a client's update ("update")."""
 
+    task_id: str
+    round: int
+    subject: str
+    client_id: str = ""
 
-def class_image_key(task_id: str, round_number: int, client_id: str, label: int) -> str:
-    return f"{client_prefix(task_id, round_number, client_id)}/{CLASS_IMAGE_PREFIX}{label}.jpg"
+    @property
+    def prefix(self) -> str:
+        base = round_prefix(self.task_id, self.round)
+        if self.subject == "global":
+            return f"{base}/{GLOBAL_DIR}"
+        if self.subject == "update":
+            return f"{base}/{UPDATES_DIR}/{self.client_id}"
+        return f"{base}/{self.client_id}"
 
+    def class_image_key(self, label: int) -> str:
+        return f"{self.prefix}/{CLASS_IMAGE_PREFIX}{label}.jpg"
 
-def manifest_key(task_id: str, round_number: int, client_id: str) -> str:
-    return f"{client_prefix(task_id, round_number, client_id)}/{MANIFEST_NAME}"
+    @property
+    def manifest_key(self) -> str:
+        return f"{self.prefix}/{MANIFEST_NAME}"
+
+    @classmethod
+    def of_manifest(cls, key: str) -> Folder | None:
+        """The folder of a manifest key, or None when ``key`` is not one."""
+        parts = key.split("/")
+        if parts[-1] != MANIFEST_NAME or len(parts) not in (4, 5):
+            return None
+        round_number = parse_round_dir(parts[1])
+        if round_number is None:
+            return None
+        if len(parts) == 5:
+            return cls(parts[0], round_number, "update", parts[3]) if parts[2] == UPDATES_DIR else None
+        if parts[2] == GLOBAL_DIR:
+            return cls(parts[0], round_number, "global")
+        return None if parts[2] == UPDATES_DIR else cls(parts[0], round_number, "client", parts[2])
 
 
 def global_model_key(task_id: str, round_number: int) -> str:

@@ -29,6 +29,13 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_FLOAT32: _ClassVar[DType]
     DTYPE_UINT8: _ClassVar[DType]
 
+class Subject(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SUBJECT_UNSPECIFIED: _ClassVar[Subject]
+    SUBJECT_CLIENT_EVALUATION: _ClassVar[Subject]
+    SUBJECT_GLOBAL_MODEL: _ClassVar[Subject]
+    SUBJECT_CLIENT_UPDATE: _ClassVar[Subject]
+
 class Scoring(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SCORING_UNSPECIFIED: _ClassVar[Scoring]
@@ -48,6 +55,10 @@ TARGET_CLASS_PREDICTED: TargetClass
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_UINT8: DType
+SUBJECT_UNSPECIFIED: Subject
+SUBJECT_CLIENT_EVALUATION: Subject
+SUBJECT_GLOBAL_MODEL: Subject
+SUBJECT_CLIENT_UPDATE: Subject
 SCORING_UNSPECIFIED: Scoring
 SCORING_IN_REPLY: Scoring
 SCORING_AFTER_REPLY: Scoring
@@ -96,10 +107,11 @@ class Normalization(_message.Message):
     def __init__(self, mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("task_id", "round", "client_id", "inline_model", "model_ref", "tensor", "images", "labels", "normalization", "method", "target_layer", "target", "store", "scoring")
+    __slots__ = ("task_id", "round", "client_id", "subject", "inline_model", "model_ref", "tensor", "images", "labels", "normalization", "method", "target_layer", "target", "store", "scoring")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
     INLINE_MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_REF_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +126,7 @@ class ExplainRequest(_message.Message):
     task_id: str
     round: int
     client_id: str
+    subject: Subject
     inline_model: InlineModel
     model_ref: ModelRef
     tensor: Tensor
@@ -125,7 +138,7 @@ class ExplainRequest(_message.Message):
     target: TargetClass
     store: bool
     scoring: Scoring
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., inline_model: _Optional[_Union[InlineModel, _Mapping]] = ..., model_ref: _Optional[_Union[ModelRef, _Mapping]] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., target_layer: _Optional[str] = ..., target: _Optional[_Union[TargetClass, str]] = ..., store: _Optional[bool] = ..., scoring: _Optional[_Union[Scoring, str]] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., subject: _Optional[_Union[Subject, str]] = ..., inline_model: _Optional[_Union[InlineModel, _Mapping]] = ..., model_ref: _Optional[_Union[ModelRef, _Mapping]] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., target_layer: _Optional[str] = ..., target: _Optional[_Union[TargetClass, str]] = ..., store: _Optional[bool] = ..., scoring: _Optional[_Union[Scoring, str]] = ...) -> None: ...
 
 class SampleExplanation(_message.Message):
     __slots__ = ("index", "true_label", "predicted_class", "probability", "explained_class", "cam_max", "cam_mean", "degenerate", "cam_height", "cam_width", "cam", "method", "weak")
@@ -242,17 +255,33 @@ class ExplainResponse(_message.Message):
     def __init__(self, samples: _Optional[_Iterable[_Union[SampleExplanation, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[ClassImage, _Mapping]]] = ..., manifest_key: _Optional[str] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ..., sanity: _Optional[_Union[SanityCheck, _Mapping]] = ..., replacement: _Optional[str] = ...) -> None: ...
 
 class ListExplanationsRequest(_message.Message):
-    __slots__ = ("task_id", "round", "client_id")
+    __slots__ = ("task_id", "round", "client_id", "subjects")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBJECTS_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     client_id: str
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
+    subjects: _containers.RepeatedScalarFieldContainer[Subject]
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., subjects: _Optional[_Iterable[_Union[Subject, str]]] = ...) -> None: ...
+
+class Comparison(_message.Message):
+    __slots__ = ("distance_to_global", "distance_to_clients", "z_score", "flagged", "drift")
+    DISTANCE_TO_GLOBAL_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_TO_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    Z_SCORE_FIELD_NUMBER: _ClassVar[int]
+    FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    DRIFT_FIELD_NUMBER: _ClassVar[int]
+    distance_to_global: float
+    distance_to_clients: float
+    z_score: float
+    flagged: bool
+    drift: float
+    def __init__(self, distance_to_global: _Optional[float] = ..., distance_to_clients: _Optional[float] = ..., z_score: _Optional[float] = ..., flagged: _Optional[bool] = ..., drift: _Optional[float] = ...) -> None: ...
 
 class StoredExplanation(_message.Message):
-    __slots__ = ("key", "url", "task_id", "round", "client_id", "label", "predicted_class", "probability", "method", "target_layer", "model_sha256", "cam_max", "cam_mean", "degenerate", "created_at", "weak", "faithfulness", "sanity_spearman", "sanity_passed")
+    __slots__ = ("key", "url", "task_id", "round", "client_id", "label", "predicted_class", "probability", "method", "target_layer", "model_sha256", "cam_max", "cam_mean", "degenerate", "created_at", "weak", "faithfulness", "sanity_spearman", "sanity_passed", "subject", "comparison")
     KEY_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +301,8 @@ class StoredExplanation(_message.Message):
     FAITHFULNESS_FIELD_NUMBER: _ClassVar[int]
     SANITY_SPEARMAN_FIELD_NUMBER: _ClassVar[int]
     SANITY_PASSED_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    COMPARISON_FIELD_NUMBER: _ClassVar[int]
     key: str
     url: str
     task_id: str
@@ -291,7 +322,9 @@ class StoredExplanation(_message.Message):
     faithfulness: _containers.RepeatedCompositeFieldContainer[Faithfulness]
     sanity_spearman: float
     sanity_passed: bool
-    def __init__(self, key: _Optional[str] = ..., url: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., label: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ..., cam_max: _Optional[float] = ..., cam_mean: _Optional[float] = ..., degenerate: _Optional[bool] = ..., created_at: _Optional[str] = ..., weak: _Optional[bool] = ..., faithfulness: _Optional[_Iterable[_Union[Faithfulness, _Mapping]]] = ..., sanity_spearman: _Optional[float] = ..., sanity_passed: _Optional[bool] = ...) -> None: ...
+    subject: Subject
+    comparison: Comparison
+    def __init__(self, key: _Optional[str] = ..., url: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., label: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ..., cam_max: _Optional[float] = ..., cam_mean: _Optional[float] = ..., degenerate: _Optional[bool] = ..., created_at: _Optional[str] = ..., weak: _Optional[bool] = ..., faithfulness: _Optional[_Iterable[_Union[Faithfulness, _Mapping]]] = ..., sanity_spearman: _Optional[float] = ..., sanity_passed: _Optional[bool] = ..., subject: _Optional[_Union[Subject, str]] = ..., comparison: _Optional[_Union[Comparison, _Mapping]] = ...) -> None: ...
 
 class ListExplanationsResponse(_message.Message):
     __slots__ = ("explanations",)

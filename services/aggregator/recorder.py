@@ -1,14 +1,18 @@
 """Everything the aggregator keeps about a run: global checkpoints and
-``<task>/metrics.json``, rewritten after every round."""
+``<task>/metrics.json``, rewritten after every round and whenever a round's
+comparisons of explanations come in."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, wait
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
@@ -19,6 +23,8 @@ from fedxai.storage import ObjectStore
 from fedxai.storage.layout import global_model_key, metrics_key
 from fedxai.task import TaskConfig
 from fedxai.tensors import encode_state_dict, sha256_hex
+from services.aggregator.comparison import weight_outliers
+from services.aggregator.probe import ProbeExplainer
 
 # Client metrics that are counts, summed per round rather than averaged.
 XAI_COUNTS = (
@@ -35,17 +41,24 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def client_of(reply: Message) -> str:
+    """The client id a reply reports (its node id if it reports none)."""
+    if "client" in reply.content:
+        return str(reply.content["client"]["client-id"])
+    return str(reply.metadata.src_node_id)
+
+
 def _client_metrics(replies: Iterable[Message]) -> dict[str, dict[str, Any]]:
     """Each valid reply's metrics under the client id it reported."""
-    found = {}
-    for reply in replies:
-        if reply.has_error():
-            continue
-        client = (
-            str(reply.content["client"]["client-id"]) if "client" in reply.content else str(reply.metadata.src_node_id)
-        )
-        found[client] = dict(reply.content.metric_records["metrics"])
-    return found
+    return {
+        client_of(reply): dict(reply.content.metric_records["metrics"]) for reply in replies if not reply.has_error()
+    }
+
+
+def _flat_update(trained: ArrayRecord, start: dict[str, np.ndarray]) -> np.ndarray:
+    """A client's weight update: its trained weights minus the round's starting ones, flattened."""
+    arrays = dict(zip(trained.keys(), trained.to_numpy_ndarrays(), strict=True))
+    return np.concatenate([(arrays[name] - value).ravel() for name, value in start.items()]).astype(np.float32)
 
 
 class RunRecorder:
@@ -66,6 +79,24 @@ class RunRecorder:
         }
         self._pending: dict[str, Any] = {}
         self._checkpoints: dict[int, tuple[str, str]] = {}
+        # By round: comparisons of the probe-set maps, which may come in after the
+        # round's entry (or before it), and of the weight updates.
+        self._comparisons: dict[int, dict[str, Any]] = {}
+        # The delivery lane records comparisons while the round goes on.
+        self._lock = threading.RLock()
+
+    def describe_probe(self, probe: dict[str, Any]) -> None:
+        self.document["probe"] = probe
+        self._write()
+
+    def record_comparison(self, server_round: int, comparison: dict[str, Any]) -> None:
+        with self._lock:
+            self._comparisons.setdefault(server_round, {}).update(comparison)
+            self._write()
+
+    def record_exclusion(self, excluded: list[str], note: str) -> None:
+        self._pending["excluded"] = excluded
+        self._pending["exclusion"] = note
 
     def start_round(self) -> None:
         self.round_started = time.monotonic()
@@ -109,36 +140,82 @@ class RunRecorder:
             entry["seconds"] = round(time.monotonic() - self.round_started, 3)
             entry.update(self._pending)
             self._pending = {}
-        self.document["rounds"].append(entry)
-        self._write()
+        with self._lock:
+            self.document["rounds"].append(entry)
+            self._write()
         return MetricRecord({"accuracy": scores.accuracy, "loss": scores.loss})
 
-    def finish(self, status: str) -> None:
-        self.document["status"] = status
-        self._write()
+    def finish(self, status: str, queued: int = 0) -> None:
+        with self._lock:
+            self.document["status"] = status
+            if "probe" in self.document:
+                self.document["probe"]["queued"] = queued
+            self._write()
 
     def _write(self) -> None:
-        self.document["updated_at"] = _now()
-        data = json.dumps(self.document, indent=2).encode()
-        self.store.put(metrics_key(self.task.task_name), data, "application/json")
+        with self._lock:
+            self.document["updated_at"] = _now()
+            for entry in self.document["rounds"]:
+                if entry["round"] in self._comparisons:
+                    entry["comparison"] = self._comparisons[entry["round"]]
+            data = json.dumps(self.document, indent=2).encode()
+            self.store.put(metrics_key(self.task.task_name), data, "application/json")
 
 
 class RecordingFedAvg(FedAvg):
-    """FedAvg that hands each round's per-client replies to the recorder."""
+    """FedAvg that hands each round's per-client replies to the recorder, has the
+    updates and the aggregate explained on the probe set (``probe``), and, with
+    ``exclude_flagged``, leaves out the updates whose explanations are outliers."""
 
-    def __init__(self, recorder: RunRecorder, **kwargs: Any) -> None:
+    def __init__(
+        self, recorder: RunRecorder, probe: ProbeExplainer | None, exclude_flagged: bool, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.recorder = recorder
+        self.probe = probe
+        self.exclude_flagged = exclude_flagged
+        self._round_start: dict[str, np.ndarray] = {}
 
     def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
         self.recorder.start_round()
+        self._round_start = dict(zip(arrays.keys(), arrays.to_numpy_ndarrays(), strict=True))
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
         replies = list(replies)
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        trained = {client_of(r): r.content["arrays"] for r in replies if not r.has_error() and "arrays" in r.content}
+        if len(trained) >= 2:
+            updates = {client: _flat_update(arrays, self._round_start) for client, arrays in trained.items()}
+            weights = weight_outliers(updates, self.recorder.task.flag_threshold)
+            self.recorder.record_comparison(server_round, {"weights": weights})
+        explained = []
+        if self.probe is not None:
+            explained = self.probe.explain_updates(
+                server_round, {client: arrays.to_torch_state_dict() for client, arrays in trained.items()}
+            )
+        kept = replies
+        if self.exclude_flagged:
+            kept = self._without_flagged(server_round, replies, list(trained), explained)
+        arrays, metrics = super().aggregate_train(server_round, kept)
         self.recorder.record_train(replies, metrics)
+        if self.probe is not None and arrays is not None:
+            self.probe.explain_global(
+                server_round, arrays.to_torch_state_dict(), self.recorder.checkpoint(server_round, arrays)
+            )
         return arrays, metrics
+
+    def _without_flagged(
+        self, server_round: int, replies: list[Message], clients: list[str], explained: list[Future]
+    ) -> list[Message]:
+        """The replies to aggregate: all but the flagged clients', once their
+        explanations are in (the round waits for them)."""
+        wait(explained)
+        flagged = self.probe.maps.flagged(server_round, clients) if self.probe is not None else None
+        if flagged is None:
+            self.recorder.record_exclusion([], "not checked: the updates' explanations were not delivered")
+            return replies
+        self.recorder.record_exclusion(flagged, f"left out of the average: {', '.join(flagged) or 'none'}")
+        return [reply for reply in replies if reply.has_error() or client_of(reply) not in flagged]
 
     def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
         # Trainers evaluate exactly this model: they can name its checkpoint to

@@ -1,22 +1,45 @@
 """The Flower ServerApp: FedAvg over the trainers, with the global model tested,
-checkpointed and recorded after every round."""
+checkpointed and recorded after every round, and, with XAI on, the global model
+and every client's update explained on the probe set and compared."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedxai.data import load_pool
-from fedxai.models import ARCHITECTURES
+from fedxai.data import Dataset, load_pool, probe_set
+from fedxai.models import ARCHITECTURES, Architecture
 from fedxai.settings import StorageSettings
 from fedxai.storage import open_store
 from fedxai.task import TaskConfig
+from services.aggregator.probe import ProbeExplainer, RoundMaps
 from services.aggregator.recorder import RecordingFedAvg, RunRecorder
 
 app = ServerApp()
+# Where the aggregator keeps what outlives a message: its outbox of explanation requests.
+STATE_DIR_VARIABLE = "FEDXAI_AGGREGATOR_STATE_DIR"
+DEFAULT_STATE_DIR = Path("~/.cache/fedxai/aggregator")
+
+
+def _probe_explainer(task: TaskConfig, arch: Architecture, probe: Dataset, recorder: RunRecorder) -> ProbeExplainer:
+    state_dir = Path(os.environ.get(STATE_DIR_VARIABLE) or DEFAULT_STATE_DIR.expanduser())
+    recorder.describe_probe(
+        {
+            "source": task.probe_dir or "the aggregator's held-out split",
+            "images": len(probe),
+            "per_class": task.probe_per_class,
+            "method": task.probe_cam_method,
+            "distance": "1 - Spearman rank correlation of the two maps of each probe image, mean per class",
+            "flag_threshold": task.flag_threshold,
+            "exclude_flagged": task.exclude_flagged,
+        }
+    )
+    maps = RoundMaps(probe.labels, task.flag_threshold, recorder.record_comparison)
+    return ProbeExplainer(task, arch, probe, state_dir / task.task_name, maps)
 
 
 @app.main()
@@ -27,8 +50,15 @@ def main(grid: Grid, context: Context) -> None:
     arch = ARCHITECTURES[task.architecture]
     pool = load_pool(task.data_dir, task.test_fraction, task.seed, task.max_samples)
     recorder = RunRecorder(store, task, arch, pool.test)
+    probe = None
+    if task.xai_enabled and task.explain_federation:
+        probe = _probe_explainer(
+            task, arch, probe_set(pool.test, task.probe_dir, task.probe_per_class, task.seed), recorder
+        )
     strategy = RecordingFedAvg(
         recorder,
+        probe,
+        task.exclude_flagged,
         fraction_train=task.fraction_train,
         fraction_evaluate=task.fraction_evaluate,
         min_train_nodes=task.min_train_nodes,
@@ -47,4 +77,6 @@ def main(grid: Grid, context: Context) -> None:
     except BaseException:
         recorder.finish("failed")  # the monitor and `fedxai run` read the status
         raise
-    recorder.finish("finished")
+    finally:
+        queued = probe.close() if probe is not None else 0
+    recorder.finish("finished", queued)

@@ -23,21 +23,13 @@ from fedxai import __version__
 from fedxai.errors import InvalidArgument
 from fedxai.models import ARCHITECTURES
 from fedxai.storage import ObjectStore, read_document
-from fedxai.storage.layout import (
-    MANIFEST_NAME,
-    class_image_key,
-    client_prefix,
-    manifest_key,
-    parse_round_dir,
-    round_prefix,
-    validate_id,
-)
+from fedxai.storage.layout import Folder, metrics_key, round_prefix, validate_id
 from fedxai.v1 import explainer_pb2 as pb
 from services.explainer import quality
 from services.explainer.cam import ALL_METHODS, METHODS, CamResult, normalise, target_layers, upsample
 from services.explainer.cam.base import EPS
 from services.explainer.cam.grad_cam import GradCAM
-from services.explainer.inputs import ExplainJob, Scoring, parse_explain_request
+from services.explainer.inputs import SUBJECT_VALUES, SUBJECTS, ExplainJob, Scoring, parse_explain_request
 from services.explainer.loaded_models import ModelCache
 from services.explainer.render import Caption, encode_jpeg, render_explanations
 
@@ -349,6 +341,44 @@ class DrawingContext:
         return entry
 
 
+class _Comparisons:
+    """The aggregator's comparisons of probe-set maps (``comparison`` of each round in
+    ``<task>/metrics.json``), read once per task while listing."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self._rounds: dict[str, dict[int, dict]] = {}
+
+    def of(self, folder: Folder, label: int) -> pb.Comparison | None:
+        if folder.subject == "client":
+            return None
+        if folder.task_id not in self._rounds:
+            document = read_document(self.store, metrics_key(folder.task_id)) or {}
+            rounds = document.get("rounds", [])
+            self._rounds[folder.task_id] = {
+                entry["round"]: entry["comparison"]
+                for entry in rounds
+                if isinstance(entry, dict) and isinstance(entry.get("comparison"), dict) and "round" in entry
+            }
+        compared = self._rounds[folder.task_id].get(folder.round)
+        if compared is None:
+            return None
+        figures = (
+            compared.get("global", {})
+            if folder.subject == "global"
+            else compared.get("clients", {}).get(folder.client_id, {})
+        )
+        if not isinstance(figures, dict):
+            return None
+        message = pb.Comparison()
+        for field in ("distance_to_global", "distance_to_clients", "z_score", "drift"):
+            value = (figures.get(field) or {}).get(str(label))
+            if isinstance(value, int | float):
+                setattr(message, field, value)
+        message.flagged = label in figures.get("flag_classes", [])
+        return message
+
+
 def _log_failure(done: Future[None]) -> None:
     error = done.exception()
     if error is not None:
@@ -448,7 +478,7 @@ class ExplanationService:
         if not job.store:
             image.jpeg = jpeg
             return image, None
-        image.key = class_image_key(job.task_id, job.round, job.client_id, image.label)
+        image.key = job.folder.class_image_key(image.label)
         entry = context.manifest_entry(image)
         metadata = {name: str(value) for name, value in entry.items() if not isinstance(value, dict | list)}
         del metadata["key"]
@@ -459,20 +489,21 @@ class ExplanationService:
     def _manifest_lock(self, job: ExplainJob) -> threading.Lock | contextlib.nullcontext[None]:
         if not job.store:
             return contextlib.nullcontext()
-        key = manifest_key(job.task_id, job.round, job.client_id)
+        key = job.folder.manifest_key
         return self._manifest_locks[zlib.crc32(key.encode()) % len(self._manifest_locks)]
 
     def _write_manifest(self, job: ExplainJob, entries: list[dict], context: DrawingContext) -> str:
         """Writes the manifest, keeping entries of classes this call did not redraw.
         The sanity check is the latest call's."""
-        key = manifest_key(job.task_id, job.round, job.client_id)
+        key = job.folder.manifest_key
         previous = read_document(self.store, key) or {}
         redrawn = {entry["label"] for entry in entries}
         kept = [e for e in previous.get("images", []) if e.get("label") not in redrawn]
         manifest = {
-            "task_id": job.task_id,
-            "round": job.round,
-            "client_id": job.client_id,
+            "task_id": job.folder.task_id,
+            "round": job.folder.round,
+            "subject": job.folder.subject,
+            "client_id": job.folder.client_id,
             "images": sorted(kept + entries, key=lambda entry: entry["label"]),
         }
         if context.sanity is not None:
@@ -498,10 +529,12 @@ class ExplanationService:
             validate_id("task_id", request.task_id)
         if request.client_id:
             validate_id("client_id", request.client_id)
+        unknown = [value for value in request.subjects if value not in SUBJECTS]
+        if unknown:
+            raise InvalidArgument("subjects", f"unknown subject {unknown[0]}")
+        subjects = {SUBJECTS[value] for value in request.subjects}
         has_round = request.HasField("round")
-        if request.task_id and has_round and request.client_id:
-            prefix = client_prefix(request.task_id, request.round, request.client_id) + "/"
-        elif request.task_id and has_round:
+        if request.task_id and has_round:
             prefix = round_prefix(request.task_id, request.round) + "/"
         elif request.task_id:
             prefix = request.task_id + "/"
@@ -509,33 +542,38 @@ class ExplanationService:
             prefix = ""
 
         response = pb.ListExplanationsResponse()
+        comparisons = _Comparisons(self.store)
         for info in self.store.list(prefix):
-            parts = info.key.split("/")
-            # <task>/round-<NNN>/<client>/explanations.json
-            if len(parts) != 4 or parts[3] != MANIFEST_NAME:
+            folder = Folder.of_manifest(info.key)
+            if folder is None:
                 continue
-            round_number = parse_round_dir(parts[1])
-            if round_number is None:
-                continue
-            if (has_round and round_number != request.round) or (request.client_id and parts[2] != request.client_id):
+            if (
+                (has_round and folder.round != request.round)
+                or (request.client_id and folder.client_id != request.client_id)
+                or (subjects and folder.subject not in subjects)
+            ):
                 continue
             manifest = read_document(self.store, info.key)
             for entry in (manifest or {}).get("images", []):
                 try:
-                    listed = self._listed(entry, parts[0], round_number, parts[2])
+                    listed = self._listed(entry, folder)
                 except (KeyError, TypeError, ValueError, InvalidArgument) as error:
                     log.warning("skipping a malformed entry of %s: %r", info.key, error)
                     continue
+                comparison = comparisons.of(folder, listed.label)
+                if comparison is not None:
+                    listed.comparison.CopyFrom(comparison)
                 response.explanations.append(listed)
         return response
 
-    def _listed(self, entry: dict, task_id: str, round_number: int, client_id: str) -> pb.StoredExplanation:
+    def _listed(self, entry: dict, folder: Folder) -> pb.StoredExplanation:
         return pb.StoredExplanation(
             key=entry["key"],
             url=self.store.url(entry["key"]),
-            task_id=task_id,
-            round=round_number,
-            client_id=client_id,
+            task_id=folder.task_id,
+            round=folder.round,
+            client_id=folder.client_id,
+            subject=SUBJECT_VALUES[folder.subject],
             label=entry["label"],
             predicted_class=entry["predicted_class"],
             probability=entry["probability"],

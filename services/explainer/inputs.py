@@ -19,7 +19,7 @@ import torch
 from fedxai.errors import FailedPrecondition, InvalidArgument, NotFound, ObjectNotFound, ResourceExhausted
 from fedxai.models import Architecture, build_model, get_architecture
 from fedxai.storage import ObjectStore
-from fedxai.storage.layout import validate_id, validate_key
+from fedxai.storage.layout import Folder, validate_client_id, validate_id, validate_key
 from fedxai.tensors import decode_state_dict, safetensors_metadata, sha256_hex, tensor_from_proto
 from fedxai.v1 import explainer_pb2 as pb
 from services.explainer.cam import METHODS, BaseCAM
@@ -34,11 +34,23 @@ class Scoring(enum.Enum):
     SKIP = pb.SCORING_SKIP
 
 
+# The layout's name of each subject (see Folder).
+SUBJECTS = {
+    pb.SUBJECT_UNSPECIFIED: "client",
+    pb.SUBJECT_CLIENT_EVALUATION: "client",
+    pb.SUBJECT_GLOBAL_MODEL: "global",
+    pb.SUBJECT_CLIENT_UPDATE: "update",
+}
+SUBJECT_VALUES = {
+    "client": pb.SUBJECT_CLIENT_EVALUATION,
+    "global": pb.SUBJECT_GLOBAL_MODEL,
+    "update": pb.SUBJECT_CLIENT_UPDATE,
+}
+
+
 @dataclass(frozen=True)
 class ExplainJob:
-    task_id: str
-    round: int
-    client_id: str
+    folder: Folder  # where it is stored, when it is
     model: LoadedModel
     pixels: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
     labels: torch.Tensor  # (N,) int64
@@ -60,8 +72,14 @@ def parse_explain_request(
     # Ids become storage keys; they only matter when something is stored.
     if request.store or request.task_id:
         validate_id("task_id", request.task_id)
-    if request.store or request.client_id:
-        validate_id("client_id", request.client_id)
+    subject = SUBJECTS.get(request.subject)
+    if subject is None:
+        raise InvalidArgument("subject", f"unknown subject {request.subject}")
+    if subject == "global":
+        if request.client_id:
+            raise InvalidArgument("client_id", "must be empty for SUBJECT_GLOBAL_MODEL")
+    elif request.store or request.client_id:
+        validate_client_id("client_id", request.client_id)
     method = METHODS.get(request.method)
     if method is None and request.method != pb.CAM_METHOD_AUTO:
         raise InvalidArgument("method", f"unknown CAM method {request.method}")
@@ -84,9 +102,7 @@ def parse_explain_request(
     labels = _labels(request, len(pixels), model.architecture.num_classes)
     mean, std = _normalisation(request.normalization, model.architecture)
     return ExplainJob(
-        task_id=request.task_id,
-        round=request.round,
-        client_id=request.client_id,
+        folder=Folder(request.task_id, request.round, subject, request.client_id),
         model=model,
         pixels=pixels,
         labels=labels,

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedxai.stats import rank_correlation
 from services.explainer.cam.base import EPS, BaseCAM, CamResult
 from services.explainer.cam.layers import TargetLayers
 
@@ -230,26 +231,6 @@ def randomisation_check(
                 maps = cam.cam_image(result.activations, result.gradients).reshape(len(classes), -1).numpy()
                 spearman[cam.name].append(rank_correlation(trained[cam.name], maps))
     return Sanity(cascade, {name: np.stack(values) for name, values in spearman.items()})
-
-
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman's rank correlation of each row of ``a`` with the same row of ``b``
-    (ties get their average rank); 0 where either row is constant."""
-    ranks_a, ranks_b = _average_ranks(a), _average_ranks(b)
-    ranks_a -= ranks_a.mean(axis=1, keepdims=True)
-    ranks_b -= ranks_b.mean(axis=1, keepdims=True)
-    scale = np.sqrt((ranks_a**2).sum(axis=1) * (ranks_b**2).sum(axis=1))
-    covariance = (ranks_a * ranks_b).sum(axis=1)
-    return np.divide(covariance, scale, out=np.zeros_like(covariance), where=scale > 0)
-
-
-def _average_ranks(rows: np.ndarray) -> np.ndarray:
-    ranks = np.empty(rows.shape, dtype=np.float64)
-    for i, row in enumerate(rows):
-        _, inverse, counts = np.unique(row, return_inverse=True, return_counts=True)
-        ends = np.cumsum(counts)
-        ranks[i] = (ends - (counts - 1) / 2.0)[inverse]
-    return ranks
 
 
 def most_faithful(faithfulness: Mapping[str, Deletion], sanity: Sanity) -> list[dict]:

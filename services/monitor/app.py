@@ -23,14 +23,7 @@ from starlette.templating import Jinja2Templates
 
 from fedxai.errors import InvalidArgument, ObjectNotFound
 from fedxai.storage import ObjectStore, read_document
-from fedxai.storage.layout import (
-    MANIFEST_NAME,
-    METRICS_NAME,
-    client_prefix,
-    metrics_key,
-    parse_round_dir,
-    validate_id,
-)
+from fedxai.storage.layout import GLOBAL_DIR, METRICS_NAME, Folder, metrics_key, validate_id
 
 HERE = Path(__file__).resolve().parent
 _IMAGE_NAME = re.compile(r"gradcam_class_\d{1,4}\.jpg")
@@ -89,7 +82,10 @@ class Monitor:
         manifest says of the whole call: how removed pixels were filled
         (``replacement``) and the model-randomisation check of every method
         (``sanity``). Fields an older manifest lacks are null, and a manifest
-        without either call-wide field has no ``quality`` entry.
+        without either call-wide field has no ``quality`` entry. ``probe[round]``
+        holds the probe-set images of the global model (``global``) and of each
+        client's update (``updates[client]``), in the gallery's form; the
+        comparisons are in the metrics, under each round's ``comparison``.
         """
         _checked_id("task", task)
         metrics = read_document(self.store, metrics_key(task))
@@ -97,48 +93,55 @@ class Monitor:
             raise _not_found(f"no task {task!r}")
         gallery: dict[str, dict[str, list[dict[str, Any]]]] = {}
         quality: dict[str, dict[str, dict[str, Any]]] = {}
+        probe: dict[str, dict[str, Any]] = {}
         for info in self.store.list(f"{task}/"):
-            parts = info.key.split("/")
-            if len(parts) != 4 or parts[3] != MANIFEST_NAME:
+            folder = Folder.of_manifest(info.key)
+            manifest = read_document(self.store, info.key) if folder is not None else None
+            if folder is None or manifest is None:
                 continue
-            round_number = parse_round_dir(parts[1])
-            manifest = read_document(self.store, info.key) if round_number is not None else None
-            if manifest is None:
-                continue
-            images = [
-                {
-                    "label": entry.get("label"),
-                    "predicted_class": entry.get("predicted_class"),
-                    "probability": entry.get("probability"),
-                    "method": entry.get("method"),
-                    "target_layer": entry.get("target_layer"),
-                    "cam_max": entry.get("cam_max"),
-                    "degenerate": entry.get("degenerate"),
-                    "weak": entry.get("weak"),
-                    "faithfulness": _records(entry.get("faithfulness")),
-                    "sanity_spearman": entry.get("sanity_spearman"),
-                    "sanity_passed": entry.get("sanity_passed"),
-                    "selection": _record(entry.get("selection")),
-                    "src": f"/images/{task}/{round_number}/{parts[2]}/{Path(str(entry.get('key', ''))).name}",
-                }
-                for entry in manifest.get("images", [])
-                if isinstance(entry, dict)
-            ]
-            gallery.setdefault(str(round_number), {})[parts[2]] = images
+            images = [_gallery_entry(entry, folder) for entry in manifest.get("images", []) if isinstance(entry, dict)]
+            round_key = str(folder.round)
+            if folder.subject == "global":
+                probe.setdefault(round_key, {"updates": {}})["global"] = images
+            elif folder.subject == "update":
+                probe.setdefault(round_key, {"updates": {}})["updates"][folder.client_id] = images
+            else:
+                gallery.setdefault(round_key, {})[folder.client_id] = images
             checks = {"replacement": manifest.get("replacement"), "sanity": _record(manifest.get("sanity"))}
-            if any(value is not None for value in checks.values()):
-                quality.setdefault(str(round_number), {})[parts[2]] = checks
-        return {"task": task, "metrics": metrics, "gallery": gallery, "quality": quality}
+            if folder.subject == "client" and any(value is not None for value in checks.values()):
+                quality.setdefault(round_key, {})[folder.client_id] = checks
+        return {"task": task, "metrics": metrics, "gallery": gallery, "quality": quality, "probe": probe}
 
-    def image(self, task: str, round_number: int, client: str, name: str) -> bytes:
-        _checked_id("task", task)
-        _checked_id("client", client)
+    def image(self, folder: Folder, name: str) -> bytes:
+        _checked_id("task", folder.task_id)
+        if folder.client_id:
+            _checked_id("client", folder.client_id)
         if not _IMAGE_NAME.fullmatch(name):
             raise _not_found(f"no image {name!r}")
         try:
-            return self.store.get(f"{client_prefix(task, round_number, client)}/{name}")
+            return self.store.get(f"{folder.prefix}/{name}")
         except ObjectNotFound:
-            raise _not_found(f"no image {name!r} for {task} round {round_number} {client}") from None
+            raise _not_found(f"no image {name!r} in {folder.prefix}") from None
+
+
+def _gallery_entry(entry: dict[str, Any], folder: Folder) -> dict[str, Any]:
+    """What the page shows of one manifest entry."""
+    path = {"client": folder.client_id, "global": GLOBAL_DIR, "update": f"updates/{folder.client_id}"}[folder.subject]
+    return {
+        "label": entry.get("label"),
+        "predicted_class": entry.get("predicted_class"),
+        "probability": entry.get("probability"),
+        "method": entry.get("method"),
+        "target_layer": entry.get("target_layer"),
+        "cam_max": entry.get("cam_max"),
+        "degenerate": entry.get("degenerate"),
+        "weak": entry.get("weak"),
+        "faithfulness": _records(entry.get("faithfulness")),
+        "sanity_spearman": entry.get("sanity_spearman"),
+        "sanity_passed": entry.get("sanity_passed"),
+        "selection": _record(entry.get("selection")),
+        "src": f"/images/{folder.task_id}/{folder.round}/{path}/{Path(str(entry.get('key', ''))).name}",
+    }
 
 
 def create_app(store: ObjectStore) -> Starlette:
@@ -158,7 +161,15 @@ def create_app(store: ObjectStore) -> Starlette:
 
     async def image(request: Request) -> Response:
         p = request.path_params
-        data = monitor.image(p["task"], p["round"], p["client"], p["name"])
+        subject = "global" if p["client"] == GLOBAL_DIR else "client"
+        data = monitor.image(
+            Folder(p["task"], p["round"], subject, "" if subject == "global" else p["client"]), p["name"]
+        )
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
+
+    async def update_image(request: Request) -> Response:
+        p = request.path_params
+        data = monitor.image(Folder(p["task"], p["round"], "update", p["client"]), p["name"])
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
 
     async def not_found(request: Request, error: Exception) -> Response:
@@ -174,6 +185,7 @@ def create_app(store: ObjectStore) -> Starlette:
             Route("/tasks/{task}", task_page),
             Route("/api/tasks/{task}", task_api),
             Route("/images/{task}/{round:int}/{client}/{name}", image),
+            Route("/images/{task}/{round:int}/updates/{client}/{name}", update_image),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         exception_handlers={404: not_found, 405: not_found},

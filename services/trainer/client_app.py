@@ -15,12 +15,14 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fedxai import learning
+from fedxai.attacks import poison
 from fedxai.data import Dataset, load_pool, partition, train_validation_split
+from fedxai.delivery import Delivery, Outbox, deliver
 from fedxai.models import ARCHITECTURES, Architecture
 from fedxai.settings import SettingsError
 from fedxai.task import CAM_METHODS, TaskConfig, validate_id_setting
 from fedxai.v1 import explainer_pb2 as pb
-from services.trainer.explainer_link import Delivery, Outbox, build_request, deliver
+from services.trainer.explainer_link import build_request
 
 app = ClientApp()
 
@@ -44,7 +46,7 @@ class Node:
         if not 0 <= partition_id < num_partitions:
             raise SettingsError(f"partition-id {partition_id} is outside [0, num-partitions={num_partitions})")
         client_id = str(config.get("client-id") or f"client-{partition_id}")
-        validate_id_setting("client-id", client_id)
+        validate_id_setting("client-id", client_id, client=True)
         state_dir = Path(str(config.get("state-dir") or Path.home() / ".cache" / "fedxai" / client_id))
         return cls(partition_id, num_partitions, client_id, state_dir, str(config.get("data-dir", "")))
 
@@ -79,6 +81,8 @@ def _reply(msg: Message, node: Node, metrics: MetricRecord, arrays: ArrayRecord 
 def train(msg: Message, context: Context) -> Message:
     task, node, arch, model, train_data, _ = _setup(msg, context)
     server_round = int(msg.content.config_records["config"]["server-round"])  # type: ignore[arg-type]
+    if task.attack != "none" and node.partition_id == task.attack_client:
+        train_data = poison(train_data, task.attack, task.seed + node.partition_id)
     started = time.perf_counter()
     scores = learning.train(
         model,

@@ -11,11 +11,12 @@ function series(rounds, pick) {
   return rounds.map((r) => { const v = pick(r); return v === undefined ? null : v; });
 }
 
-function drawChart(id, rounds, sets) {
+function drawChart(id, rounds, sets, yTitle) {
   const canvas = document.getElementById(id);
   const labels = rounds.map((r) => r.round);
-  const datasets = sets.map(([label, pick, color]) => ({
+  const datasets = sets.map(([label, pick, color, dash]) => ({
     label, data: series(rounds, pick), borderColor: color, backgroundColor: color, spanGaps: true,
+    borderDash: dash || [],
   }));
   if (charts[id]) {
     charts[id].data.labels = labels;
@@ -24,7 +25,13 @@ function drawChart(id, rounds, sets) {
   } else {
     charts[id] = new Chart(canvas, {
       type: "line", data: { labels, datasets },
-      options: { animation: false, scales: { x: { title: { display: true, text: "round" } } } },
+      options: {
+        animation: false,
+        scales: {
+          x: { title: { display: true, text: "round" } },
+          ...(yTitle ? { y: { title: { display: true, text: yTitle } } } : {}),
+        },
+      },
     });
   }
   // What the page shows, for people reading the DOM and for the browser test.
@@ -252,6 +259,103 @@ function drawGallery() {
   document.getElementById("compare").replaceChildren(...across);
 }
 
+const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+
+function mean(values) {
+  const numbers = Object.values(values || {}).filter(isNumber);
+  return numbers.length ? numbers.reduce((a, b) => a + b, 0) / numbers.length : null;
+}
+
+function largest(values) {
+  const numbers = Object.values(values || {}).filter(isNumber);
+  return numbers.length ? Math.max(...numbers) : null;
+}
+
+// The aggregator's comparisons: outlier scores per client, the global model's drift, the flags.
+function drawFederation(rounds) {
+  const compared = rounds.filter((r) => r.comparison);
+  const probe = data.metrics.probe;
+  const note = document.getElementById("probe-note");
+  note.replaceChildren();
+  if (probe) {
+    note.append(element("span", "", `Probe set: ${probe.images} images (${probe.per_class} per class) from ` +
+      `${probe.source}, explained with ${probe.method}. Distance between two maps of an image: ${probe.distance}. ` +
+      `A client is flagged when one class's distance to the other clients' median map has a robust z-score above ` +
+      `${probe.flag_threshold}` + (probe.exclude_flagged ? "; flagged updates are left out of the average." : ".")));
+    if (probe.queued) note.append(element("span", "fails", `${probe.queued} probe explanation requests still queued.`));
+  } else {
+    note.append(element("span", "", "This run did not explain the global model and the updates on a probe set."));
+  }
+  const clients = [...new Set(compared.flatMap((r) => Object.keys(r.comparison.clients || {})))].sort();
+  const z = (r, client) => largest(((r.comparison.clients || {})[client] || {}).z_score);
+  const threshold = probe && isNumber(probe.flag_threshold) ? probe.flag_threshold : null;
+  drawChart("outlier-chart", compared, [
+    ...clients.map((client, i) => [client, (r) => z(r, client), PALETTE[i % PALETTE.length]]),
+    ...(threshold === null ? [] : [["flag threshold", () => threshold, "#b71c1c", [6, 4]]]),
+  ], "largest robust z-score");
+  drawChart("drift-chart", compared, [
+    ["mean over classes", (r) => mean((r.comparison.global || {}).drift), "#1f77b4"],
+    ["largest class", (r) => largest((r.comparison.global || {}).drift), "#d62728"],
+  ], "1 − Spearman ρ");
+
+  const body = document.querySelector("#flags tbody");
+  body.replaceChildren();
+  for (const r of compared) {
+    const weights = r.comparison.weights || {};
+    for (const [client, c] of Object.entries(r.comparison.clients || {}).sort()) {
+      const w = weights[client] || {};
+      if (!c.flagged && !w.flagged) continue;  // the table lists flags only
+      const row = body.insertRow();
+      row.className = c.flagged ? "flagged" : "";
+      cell(row, r.round); cell(row, client); cell(row, c.flagged ? "yes" : "no");
+      cell(row, (c.flag_classes || []).join(", ")); cell(row, largest(c.z_score), 1);
+      cell(row, mean(c.distance_to_clients), 3); cell(row, mean(c.distance_to_global), 3);
+      cell(row, isNumber(w.z_score) ? `${w.z_score.toFixed(1)}${w.flagged ? " flagged" : ""}` : null);
+      cell(row, (r.excluded || []).includes(client) ? "left out" : "yes");
+    }
+  }
+  if (!body.rows.length) {
+    const row = body.insertRow();
+    const td = row.insertCell();
+    td.colSpan = 9;
+    td.textContent = compared.length ? "No client flagged in any round." : "No comparisons yet.";
+  }
+  drawProbeGallery();
+}
+
+function drawProbeGallery() {
+  const probe = data.probe || {};
+  const round = document.getElementById("probe-round"), model = document.getElementById("probe-model");
+  setOptions(round, Object.keys(probe).sort((a, b) => a - b));
+  const here = probe[round.value] || { updates: {} };
+  const models = [...(here.global ? ["global"] : []), ...Object.keys(here.updates || {}).sort().map((c) => `update ${c}`)];
+  setOptions(model, models);
+  const client = model.value.startsWith("update ") ? model.value.slice(7) : null;
+  const images = client === null ? here.global || [] : here.updates[client] || [];
+  const entry = (data.metrics.rounds || []).find((r) => String(r.round) === round.value);
+  const comparison = (entry && entry.comparison) || {};
+  const figures = client === null ? comparison.global || {} : (comparison.clients || {})[client] || {};
+  const gallery = document.getElementById("probe-gallery");
+  gallery.replaceChildren(...images.map((image) => {
+    const fig = figure(image, describe(image), "probe", null);
+    const label = String(image.label);
+    const parts = [];
+    for (const [name, key] of [["drift", "drift"], ["to clients", "distance_to_clients"], ["to global", "distance_to_global"]]) {
+      const value = (figures[key] || {})[label];
+      if (isNumber(value)) parts.push(`${name} ${value.toFixed(2)}`);
+    }
+    const zscore = (figures.z_score || {})[label];
+    if (isNumber(zscore)) parts.push(`z ${zscore.toFixed(1)}`);
+    if (parts.length) {
+      const flagged = (figures.flag_classes || []).map(String).includes(label);
+      fig.append(element("p", flagged ? "comparison fails" : "comparison", parts.join(" · ") + (flagged ? " · drives the flag" : "")));
+    }
+    return fig;
+  }));
+  gallery.dataset.round = round.value;
+  gallery.dataset.model = model.value;
+}
+
 function render() {
   const rounds = (data.metrics.rounds || []);
   const status = document.getElementById("status");
@@ -266,6 +370,7 @@ function render() {
     ["federated (clients)", (r) => r.evaluate && r.evaluate["eval-loss"], "#ff7f0e"],
   ]);
   drawClients(rounds.filter((r) => r.round > 0));
+  drawFederation(rounds.filter((r) => r.round > 0));
   drawGallery();
 }
 
@@ -280,5 +385,8 @@ async function refresh() {
 
 for (const id of ["round", "client", "class"]) {
   document.getElementById(id).addEventListener("change", drawGallery);
+}
+for (const id of ["probe-round", "probe-model"]) {
+  document.getElementById(id).addEventListener("change", drawProbeGallery);
 }
 refresh();

@@ -1,0 +1,145 @@
+"""The aggregator's own explanations: the global model and every client's update,
+explained by the Explainer on the probe set and compared (see ``comparison``).
+
+Requests go out on one background lane, so they overlap with the rest of the
+round, through the same outbox as the trainers' (``fedxai.delivery``): while the
+Explainer is away they wait on disk and go first once it is back, and their
+comparisons are recorded then. No raw client data moves: only weights, and
+public probe images the aggregator holds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedxai.data import Dataset
+from fedxai.delivery import Outbox, deliver
+from fedxai.models import Architecture
+from fedxai.task import CAM_METHODS, TaskConfig
+from fedxai.tensors import encode_state_dict, tensor_to_proto
+from fedxai.v1 import explainer_pb2 as pb
+from services.aggregator.comparison import compare_round
+
+log = logging.getLogger(__name__)
+
+
+def probe_request(
+    task: TaskConfig,
+    arch: Architecture,
+    probe: Dataset,
+    round_number: int,
+    subject: pb.Subject,
+    client_id: str,
+    state_dict: Mapping[str, torch.Tensor],
+) -> pb.ExplainRequest:
+    return pb.ExplainRequest(
+        task_id=task.task_name,
+        round=round_number,
+        client_id=client_id,
+        subject=subject,
+        inline_model=pb.InlineModel(
+            architecture=arch.name, safetensors=encode_state_dict(dict(state_dict), {"architecture": arch.name})
+        ),
+        tensor=tensor_to_proto(np.ascontiguousarray(probe.images[:, None])),
+        labels=probe.labels.tolist(),
+        normalization=pb.Normalization(mean=arch.mean, std=arch.std),
+        method=pb.CamMethod.Value(CAM_METHODS[task.probe_cam_method]),
+        store=True,
+        # The global model's pictures get the faithfulness and sanity figures; an
+        # update's are compared, and scoring each would cost the round.
+        scoring=pb.SCORING_AFTER_REPLY if subject == pb.SUBJECT_GLOBAL_MODEL else pb.SCORING_SKIP,
+    )
+
+
+class RoundMaps:
+    """Every map received so far, by round, and the comparisons made from them."""
+
+    def __init__(self, labels: np.ndarray, threshold: float, on_compared: Callable[[int, dict], None]) -> None:
+        self.labels = labels
+        self.threshold = threshold
+        self.on_compared = on_compared
+        self._global: dict[int, np.ndarray] = {}
+        self._updates: dict[int, dict[str, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, request: pb.ExplainRequest, response: pb.ExplainResponse) -> None:
+        maps = np.array([sample.cam for sample in response.samples], dtype=np.float32)
+        round_number = request.round
+        with self._lock:
+            if request.subject == pb.SUBJECT_GLOBAL_MODEL:
+                self._global[round_number] = maps
+            else:
+                self._updates.setdefault(round_number, {})[request.client_id] = maps
+            comparison = compare_round(
+                self.labels,
+                self._updates.get(round_number, {}),
+                self._global.get(round_number),
+                self._global.get(round_number - 1),
+                self.threshold,
+            )
+        comparison["method"] = response.method
+        comparison["target_layer"] = response.target_layer
+        self.on_compared(round_number, comparison)
+
+    def flagged(self, round_number: int, clients: list[str]) -> list[str] | None:
+        """The flagged clients among ``clients``, or None unless all their maps are in."""
+        with self._lock:
+            received = self._updates.get(round_number, {})
+            if not set(clients) <= set(received):
+                return None
+            comparison = compare_round(self.labels, received, None, None, self.threshold)
+        return list(comparison["flagged"])
+
+
+class ProbeExplainer:
+    def __init__(self, task: TaskConfig, arch: Architecture, probe: Dataset, state_dir: Path, maps: RoundMaps) -> None:
+        self.task = task
+        self.arch = arch
+        self.probe = probe
+        self.maps = maps
+        self.outbox = Outbox(state_dir / "outbox")
+        self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe-explainer")
+
+    def explain_updates(self, round_number: int, updates: Mapping[str, Mapping[str, torch.Tensor]]) -> list[Future]:
+        return [
+            self._submit(probe_request(self.task, self.arch, self.probe, round_number, pb.SUBJECT_CLIENT_UPDATE, c, u))
+            for c, u in updates.items()
+        ]
+
+    def explain_global(
+        self, round_number: int, state_dict: Mapping[str, torch.Tensor], checkpoint: tuple[str, str]
+    ) -> Future:
+        request = probe_request(self.task, self.arch, self.probe, round_number, pb.SUBJECT_GLOBAL_MODEL, "", state_dict)
+        key, sha256 = checkpoint
+        return self._submit(request, pb.ModelRef(key=key, architecture=self.arch.name, sha256=sha256))
+
+    def close(self) -> int:
+        """Delivers what is still queued, if the Explainer answers; returns how many
+        requests stay in the outbox."""
+        self._submit(None).result()
+        self._lane.shutdown()
+        return len(self.outbox.pending())
+
+    def _submit(self, request: pb.ExplainRequest | None, checkpoint: pb.ModelRef | None = None) -> Future:
+        return self._lane.submit(self._deliver, request, checkpoint)
+
+    def _deliver(self, request: pb.ExplainRequest | None, checkpoint: pb.ModelRef | None) -> None:
+        task = self.task
+        delivery = deliver(
+            task.explainer_address,
+            task.explainer_timeout,
+            self.outbox,
+            request,
+            task.explainer_ca_file,
+            checkpoint,
+            on_reply=self.maps.add,
+        )
+        if delivery.queued:
+            log.warning("%d probe explanation requests wait in %s", delivery.queued, self.outbox.directory)
