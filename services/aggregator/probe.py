@@ -59,7 +59,9 @@ def probe_request(
 
 
 class RoundMaps:
-    """Every map received so far, by round, and the comparisons made from them."""
+    """The maps received for the last few rounds, and the comparisons made from them."""
+
+    KEPT_ROUNDS = 3  # a round's maps, and the previous round's global ones for its drift
 
     def __init__(self, labels: np.ndarray, threshold: float, on_compared: Callable[[int, dict], None]) -> None:
         self.labels = labels
@@ -77,6 +79,10 @@ class RoundMaps:
                 self._global[round_number] = maps
             else:
                 self._updates.setdefault(round_number, {})[request.client_id] = maps
+            # Replies come round after round (the outbox sends the oldest first).
+            for kept in (self._global, self._updates):
+                for old in [r for r in kept if r <= round_number - self.KEPT_ROUNDS]:
+                    del kept[old]
             comparison = compare_round(
                 self.labels,
                 self._updates.get(round_number, {}),
@@ -99,6 +105,8 @@ class RoundMaps:
 
 
 class ProbeExplainer:
+    """Sends the probe requests of a run, one at a time, and hands the replies to ``maps``."""
+
     def __init__(self, task: TaskConfig, arch: Architecture, probe: Dataset, state_dir: Path, maps: RoundMaps) -> None:
         self.task = task
         self.arch = arch

@@ -288,6 +288,10 @@ function drawFederation(rounds) {
   }
   const clients = [...new Set(compared.flatMap((r) => Object.keys(r.comparison.clients || {})))].sort();
   const z = (r, client) => largest(((r.comparison.clients || {})[client] || {}).z_score);
+  if (compared.length && !compared.some((r) => clients.some((client) => isNumber(z(r, client))))) {
+    note.append(element("span", "", "Outliers need 3 clients or more: with fewer, the distances are shown " +
+      "beside the probe set's pictures below and nobody is flagged."));
+  }
   const threshold = probe && isNumber(probe.flag_threshold) ? probe.flag_threshold : null;
   drawChart("outlier-chart", compared, [
     ...clients.map((client, i) => [client, (r) => z(r, client), PALETTE[i % PALETTE.length]]),
