@@ -1,7 +1,8 @@
 """Detection benchmark: does the aggregator flag the client that misbehaves, and
 only that one, from its update's explanations on the probe set?
 
-    python benchmarks/detection_bench.py [--seeds 1 2 3] [--rounds 8] [--clients 5]
+    python benchmarks/detection_bench.py [--seeds 1 2 3] [--rounds 8] [--clients 5] [--json runs.json]
+    python benchmarks/detection_bench.py --report runs.json more-runs.json   # the table of saved runs
 
 Real runs (one explainer, SuperLink and set of SuperNodes serve them all):
 for every seed, a run with no attacker, and for each attack (label-flip,
@@ -95,8 +96,15 @@ def main() -> None:
     parser.add_argument("--max-samples", type=int, default=0, help="cap on the pool (0: all)")
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "mnist")
     parser.add_argument("--explainer-port", type=int, default=50072)
+    parser.add_argument("--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
+    parser.add_argument("--report", type=Path, nargs="+", help="print the table of runs saved with --json, run nothing")
     args = parser.parse_args()
+    if args.report:
+        saved = [run for path in args.report for run in json.loads(path.read_text())]
+        args.seeds = sorted({run["seed"] for run in saved})
+        report(saved, args)
+        return
     attacker_id = args.clients - 1
     attacker = f"client-{attacker_id}"
     env = dict(os.environ)
@@ -112,7 +120,7 @@ def main() -> None:
             start_explainer(children, explainer, {**env, **storage_env})
             federation = start_federation(children, work, args.clients, flower_env(env, work, storage_env))
             for seed in args.seeds:
-                for scenario in SCENARIOS:
+                for scenario in args.scenarios:
                     for exclude in (False,) if scenario == "none" else (False, True):
                         task = TaskConfig(
                             task_name=f"detect-{scenario}-{'exclude' if exclude else 'keep'}-{seed}",

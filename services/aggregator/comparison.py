@@ -23,9 +23,9 @@ global maps.
 The maps are HiResCAM's by default (``probe-cam-method``): Grad-CAM averages the
 gradients over the map before weighting the channels, so a confident model's
 map of a class is often all zero, and an honest client's distance jumps between
-0 and 1 from round to round. On 5 clients x 8 rounds with a label-flipping
-client, Grad-CAM's honest clients reached z = 12.8; HiResCAM's stayed under 1.5
-while the attacker's never fell below 6.3.
+0 and 1 from round to round. In a trial of 5 clients x 8 rounds with a
+label-flipping client, honest clients reached z = 12.8 on Grad-CAM's maps and
+stayed under 1.5 on HiResCAM's, where the attacker's never fell below 6.3.
 
 The same robust z-score on the cosine distance between a client's weight update
 and the median of the others' updates is recorded beside it: the idea behind
