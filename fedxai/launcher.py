@@ -236,8 +236,8 @@ def _describe_round(entry: dict[str, Any], rounds: int) -> str:
         f"round {entry['round']}/{rounds}  global accuracy {accuracy:.1%} (loss {loss:.3f})  "
         f"{clients} clients  {images}  {entry.get('seconds', 0):.1f} s"
     )
-    flagged = (entry.get("comparison") or {}).get("clients", {})
-    for client, figures in sorted(flagged.items()):
+    compared = (entry.get("comparison") or {}).get("clients", {})
+    for client, figures in sorted(compared.items()):
         if figures.get("flagged"):
             classes = ", ".join(str(label) for label in figures.get("flag_classes", []))
             line += f"\n  {client} flagged: its explanations of class {classes} are outliers"
