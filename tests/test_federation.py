@@ -142,7 +142,7 @@ def test_a_label_flipping_client_is_flagged_and_left_out(tmp_path):
         "--set", "attack=label-flip", "--set", "attack-client=2", "--set", "exclude-flagged=true",
     )  # fmt: skip
     command[command.index("--clients") + 1] = "3"
-    command[command.index("max-samples=2000")] = "max-samples=3000"
+    command[command.index("max-samples=2000")] = "max-samples=0"
     result = subprocess.run(
         command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
     )
