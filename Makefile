@@ -38,15 +38,16 @@ protos: install ## regenerate fedxai/v1 from protos/ (tests fail when they drift
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. --pyi_out=. \
 		protos/fedxai/v1/*.proto
 
-# The quality benchmark scores the global checkpoints of a 5-round run.
-QUALITY_RUN := outputs/xaitest
+# The quality benchmark scores the global checkpoints of the newest 5-round run of xaitest.
+QUALITY_TASK := outputs/xaitest
 
 bench: install ## print the benchmark figures (explainer, explanation quality, then federation)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/explainer_bench.py
-	test -f $(QUALITY_RUN)/round-005/global_model.safetensors || \
+	ls $(QUALITY_TASK)/runs/*/round-005/global_model.safetensors >/dev/null 2>&1 || \
 		$(BIN)/fedxai run --rounds 5 $(if $(DATA_DIR),--data-dir $(DATA_DIR))
-	$(BIN)/python benchmarks/xai_quality.py --run-dir $(QUALITY_RUN) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+	$(BIN)/python benchmarks/xai_quality.py --run-dir $(QUALITY_TASK) --rounds 1 2 3 4 5 \
+		$(if $(DATA_DIR),--data-dir $(DATA_DIR))
 	$(BIN)/python benchmarks/federation_bench.py --accuracy $(if $(DATA_DIR),--data-dir $(DATA_DIR))
 
 clean: ## remove the venv, caches and run state (not ./outputs)

@@ -32,11 +32,14 @@ import torch
 
 from fedxai.attacks import BACKDOOR_TARGET, stamp_trigger
 from fedxai.data import load_pool
-from fedxai.launcher import Children, default_app_dir, flower_env, start_explainer, start_federation
 from fedxai.models import ARCHITECTURES
 from fedxai.storage import LocalStore
+from fedxai.storage.layout import metrics_key
 from fedxai.task import TaskConfig
 from fedxai.tensors import decode_state_dict
+from services.cli.federation import flower_env, named, start_explainer, start_federation
+from services.cli.processes import Children
+from services.cli.tasks import build_task, default_app_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = ("none", "label-flip", "backdoor")
@@ -63,7 +66,7 @@ def backdoor_success(store: LocalStore, checkpoint: str, task: TaskConfig) -> fl
 
 
 def score_run(store: LocalStore, task: TaskConfig, attacker: str | None) -> dict[str, Any]:
-    document = json.loads(store.get(f"{task.task_name}/metrics.json"))
+    document = json.loads(store.get(metrics_key(task.task_name, task.run_id)))
     if document["status"] != "finished":
         raise RuntimeError(f"{task.task_name} did not finish")
     rounds = [entry for entry in document["rounds"] if entry["round"] >= 2]
@@ -113,28 +116,29 @@ def main() -> None:
         work = Path(tmp)
         store = LocalStore(work / "out")
         storage_env = {"FEDXAI_OUTPUT_DIR": str(work / "out")}
-        children = Children(work / "logs")
+        children = Children(work / "logs", env)
         children.log_dir.mkdir(parents=True, exist_ok=True)
         explainer = f"127.0.0.1:{args.explainer_port}"
         try:
-            start_explainer(children, explainer, {**env, **storage_env})
+            start_explainer(children, explainer, storage_env)
             federation = start_federation(children, work, args.clients, flower_env(env, work, storage_env))
             for seed in args.seeds:
                 for scenario in args.scenarios:
                     for exclude in (False,) if scenario == "none" else (False, True):
-                        task = TaskConfig(
-                            task_name=f"detect-{scenario}-{'exclude' if exclude else 'keep'}-{seed}",
-                            explainer_address=explainer,
-                            num_server_rounds=args.rounds,
-                            min_train_nodes=args.clients,
-                            min_evaluate_nodes=args.clients,
-                            data_dir=str(args.data_dir.resolve()),
-                            max_samples=args.max_samples,
-                            seed=seed,
-                            attack=scenario,
-                            attack_client=attacker_id,
-                            exclude_flagged=exclude,
-                        )
+                        settings = {
+                            "task-name": f"detect-{scenario}-{'exclude' if exclude else 'keep'}-{seed}",
+                            "explainer-address": explainer,
+                            "num-server-rounds": args.rounds,
+                            "min-train-nodes": args.clients,
+                            "min-evaluate-nodes": args.clients,
+                            "data-dir": str(args.data_dir.resolve()),
+                            "max-samples": args.max_samples,
+                            "seed": seed,
+                            "attack": scenario,
+                            "attack-client": attacker_id,
+                            "exclude-flagged": exclude,
+                        }
+                        task = named(build_task(default_app_dir(), settings))
                         started = time.monotonic()
                         federation.submit(children, task.task_name, default_app_dir(), task.to_run_config())
                         if children.processes[task.task_name].wait() != 0:

@@ -26,10 +26,13 @@ import torch
 
 from fedxai import learning
 from fedxai.data import load_pool, partition, train_validation_split
-from fedxai.launcher import Children, default_app_dir, flower_env, start_explainer, start_federation
 from fedxai.models import ARCHITECTURES
 from fedxai.storage import LocalStore
+from fedxai.storage.layout import metrics_key
 from fedxai.task import TaskConfig
+from services.cli.federation import flower_env, named, start_explainer, start_federation
+from services.cli.processes import Children
+from services.cli.tasks import build_task, default_app_dir
 
 BARE_APP = Path(__file__).resolve().parent / "bare_flower_app"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -46,10 +49,10 @@ def run_variant(children: Children, federation, name: str, app_dir: Path, config
         raise RuntimeError(f"{name} failed:\n{children.tail(name, 30)}")
 
 
-def ours_rounds(store: LocalStore, task: str) -> list[dict[str, Any]]:
-    document = json.loads(store.get(f"{task}/metrics.json"))
+def ours_rounds(store: LocalStore, task: TaskConfig) -> list[dict[str, Any]]:
+    document = json.loads(store.get(metrics_key(task.task_name, task.run_id)))
     if document["status"] != "finished":
-        raise RuntimeError(f"{task} did not finish")
+        raise RuntimeError(f"{task.task_name} did not finish")
     return [entry for entry in document["rounds"] if entry["round"] > 0]
 
 
@@ -69,14 +72,14 @@ def bench_rounds(args: argparse.Namespace, work: Path, env: dict[str, str]) -> N
     out_dir = work / "out"
     store = LocalStore(out_dir)
     storage_env = {"FEDXAI_OUTPUT_DIR": str(out_dir)}
-    children = Children(work / "logs")
+    children = Children(work / "logs", env)
     children.log_dir.mkdir(parents=True, exist_ok=True)
     explainer = f"127.0.0.1:{args.explainer_port}"
     common = {"num-server-rounds": args.rounds, "data-dir": str(args.data_dir), "max-samples": args.max_samples}
     # xai-trainers: only the trainers' explanations; xai-on adds the aggregator's probe explanations.
     rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "xai-off": [], "xai-trainers": [], "xai-on": []}
     try:
-        start_explainer(children, explainer, {**env, **storage_env})
+        start_explainer(children, explainer, storage_env)
         federation = start_federation(children, work, args.clients, flower_env(env, work, storage_env))
         for repeat in range(args.repeats):
             for variant in rounds:
@@ -87,17 +90,22 @@ def bench_rounds(args: argparse.Namespace, work: Path, env: dict[str, str]) -> N
                     run_variant(children, federation, name, BARE_APP, {**common, "timing-file": str(timing)})
                     rounds[variant] += json.loads(timing.read_text())
                 else:
-                    task = TaskConfig(
-                        task_name=name,
-                        xai_enabled=variant != "xai-off",
-                        explain_federation=variant == "xai-on",
-                        explainer_address=explainer,
-                        num_server_rounds=args.rounds,
-                        data_dir=str(args.data_dir),
-                        max_samples=args.max_samples,
+                    task = named(
+                        build_task(
+                            default_app_dir(),
+                            {
+                                "task-name": name,
+                                "xai-enabled": variant != "xai-off",
+                                "explain-federation": variant == "xai-on",
+                                "explainer-address": explainer,
+                                "num-server-rounds": args.rounds,
+                                "data-dir": str(args.data_dir),
+                                "max-samples": args.max_samples,
+                            },
+                        )
                     )
                     run_variant(children, federation, name, default_app_dir(), task.to_run_config())
-                    rounds[variant] += ours_rounds(store, name)
+                    rounds[variant] += ours_rounds(store, task)
                 out(f"  {name}: {time.monotonic() - started:.1f} s")
     finally:
         children.stop_all()
@@ -126,26 +134,31 @@ def bench_accuracy(args: argparse.Namespace, work: Path, env: dict[str, str]) ->
     """3 IID clients, 5 rounds on the 10,000-image split, against the same CNN
     trained centrally on the union of the clients' training data for as many epochs."""
     clients, rounds = 3, 5
-    task = TaskConfig(
-        task_name="bench-accuracy",
-        num_server_rounds=rounds,
-        data_dir=str(args.data_dir),
-        explainer_address=f"127.0.0.1:{args.explainer_port}",
-        min_train_nodes=clients,
-        min_evaluate_nodes=clients,
+    task = named(
+        build_task(
+            default_app_dir(),
+            {
+                "task-name": "bench-accuracy",
+                "num-server-rounds": rounds,
+                "data-dir": str(args.data_dir),
+                "explainer-address": f"127.0.0.1:{args.explainer_port}",
+                "min-train-nodes": clients,
+                "min-evaluate-nodes": clients,
+            },
+        )
     )
     out_dir = work / "out"
     storage_env = {"FEDXAI_OUTPUT_DIR": str(out_dir)}
-    children = Children(work / "logs")
+    children = Children(work / "logs", env)
     children.log_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        start_explainer(children, task.explainer_address, {**env, **storage_env})
+        start_explainer(children, task.explainer_address, storage_env)
         federation = start_federation(children, work, clients, flower_env(env, work, storage_env))
         run_variant(children, federation, "bench-accuracy", default_app_dir(), task.to_run_config())
     finally:
         children.stop_all()
-    federated = ours_rounds(LocalStore(out_dir), task.task_name)[-1]["global"]["accuracy"]
+    federated = ours_rounds(LocalStore(out_dir), task)[-1]["global"]["accuracy"]
     out(f"federated run: {time.monotonic() - started:.0f} s")
 
     arch = ARCHITECTURES[task.architecture]

@@ -2,7 +2,7 @@
 at every targetable layer, scored by deletion and by the sanity check, against
 baselines, with the deletion metric cross-checked against pytorch-grad-cam's ROAD.
 
-    python benchmarks/xai_quality.py [--run-dir STORE/TASK] [--data-dir MNIST_DIR]
+    python benchmarks/xai_quality.py [--run-dir STORE/TASK[/runs/RUN]] [--data-dir MNIST_DIR]
         [--samples 500] [--rounds 1 5] [--steps 21]
 
 The digits are the aggregator's held-out test set (never trained on): the same
@@ -147,6 +147,16 @@ def balanced_digits(data_dir: str, count: int, seed: int) -> Digits:
     pixels = torch.from_numpy(test.images[order, None].astype(np.float32) / 255.0)
     labels = torch.from_numpy(test.labels[order].astype(np.int64))
     return Digits(pixels, labels, torch.tensor(ARCH.mean), torch.tensor(ARCH.std))
+
+
+def newest_run(run_dir: Path, rounds: list[int] | None) -> Path:
+    """A run's folder as given, or a task's newest run with a checkpoint of each
+    of ``rounds`` (run ids sort by start time)."""
+    runs = sorted((path for path in (run_dir / "runs").glob("*") if path.is_dir()), reverse=True)
+    for run in runs:
+        if all((run / f"round-{number:03d}" / CHECKPOINT).is_file() for number in rounds or []):
+            return run
+    return runs[0] if runs else run_dir
 
 
 def find_rounds(run_dir: Path) -> dict[int, Path]:
@@ -394,7 +404,12 @@ def choices_table(rounds: dict[int, tuple[dict[str, Scores], float]], default: s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, default=Path("outputs/xaitest"), help="<store>/<task>")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=Path("outputs/xaitest"),
+        help="<store>/<task>/runs/<run>, or <store>/<task> for its newest run",
+    )
     parser.add_argument("--data-dir", default="", help="MNIST IDX files (default: downloaded once, as fedxai run does)")
     parser.add_argument("--samples", type=int, default=500, help="held-out digits, as many per class")
     parser.add_argument("--rounds", type=int, nargs="+", help="rounds to score (default: all found)")
@@ -403,6 +418,7 @@ def main() -> None:
 
     started = time.perf_counter()
     clock = Clock()
+    args.run_dir = newest_run(args.run_dir, args.rounds)
     found = find_rounds(args.run_dir)
     numbers = sorted(args.rounds or found)
     missing = sorted(set(numbers) - set(found))

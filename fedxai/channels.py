@@ -7,10 +7,11 @@ from pathlib import Path
 
 import grpc
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+from fedxai.settings import DEFAULT_MAX_MESSAGE_BYTES
+
 MESSAGE_OPTIONS = (
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
 )
 
 

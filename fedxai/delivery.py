@@ -58,10 +58,11 @@ class Outbox:
         self.directory = directory
 
     def add(self, request: pb.ExplainRequest) -> Path:
-        """Writes the request atomically; names sort by task, round and client."""
+        """Writes the request atomically; names sort by task, run, round and client."""
         self.directory.mkdir(parents=True, exist_ok=True)
         subject = {pb.SUBJECT_GLOBAL_MODEL: "global", pb.SUBJECT_CLIENT_UPDATE: "update-"}.get(request.subject, "")
-        name = f"{request.task_id}-round-{request.round:03d}-{subject}{request.client_id}.pb"
+        run = f"{request.run_id}-" if request.run_id else ""
+        name = f"{request.task_id}-{run}round-{request.round:03d}-{subject}{request.client_id}.pb"
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:

@@ -14,6 +14,8 @@ DEFAULT_BUCKET = "fedxai"
 DEFAULT_OUTPUT_DIR = "outputs"
 DEFAULT_EXPLAINER_ADDRESS = "127.0.0.1:50051"
 MIB = 1024 * 1024
+# The largest gRPC message the explainer and its callers accept by default.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * MIB
 
 
 class SettingsError(ValueError):
@@ -102,7 +104,7 @@ class StorageSettings:
 @dataclass(frozen=True)
 class ExplainerSettings:
     address: str = DEFAULT_EXPLAINER_ADDRESS
-    max_message_bytes: int = 64 * MIB
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_batch_size: int = 1024
     workers: int = 4
     cached_models: int = 4  # decoded models kept for reuse; 0: none

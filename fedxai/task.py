@@ -15,7 +15,7 @@ from typing import Any
 
 from fedxai.attacks import ATTACKS
 from fedxai.errors import InvalidArgument
-from fedxai.settings import SettingsError, parse_address
+from fedxai.settings import DEFAULT_EXPLAINER_ADDRESS, SettingsError, parse_address
 from fedxai.storage.layout import validate_client_id, validate_id
 
 STRATEGIES = ("FedAvg",)
@@ -55,40 +55,44 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
 
 @dataclass(frozen=True)
 class TaskConfig:
-    task_name: str = "xaitest"
-    xai_enabled: bool = True
-    strategy: str = "FedAvg"
-    num_server_rounds: int = 3
-    local_epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.01
-    optimizer: str = "sgd"
-    fraction_train: float = 1.0
-    min_train_nodes: int = 2
-    fraction_evaluate: float = 1.0
-    min_evaluate_nodes: int = 2
-    cam_method: str = "grad-cam"
-    samples_per_class: int = 4
-    explainer_address: str = "127.0.0.1:50051"
-    explainer_timeout: float = 10.0
-    explainer_ca_file: str = ""
-    architecture: str = "mnist_cnn"
-    data_dir: str = ""
-    max_samples: int = 0
-    partitioning: str = "iid"
-    dirichlet_alpha: float = 0.5
-    validation_fraction: float = 0.2
-    test_fraction: float = 0.2
-    seed: int = 42
+    """Every setting, required: the defaults are written once, in pyproject.toml."""
+
+    task_name: str
+    # Empty: the aggregator names the run when it starts (see fedxai.storage.layout).
+    run_id: str
+    xai_enabled: bool
+    strategy: str
+    num_server_rounds: int
+    local_epochs: int
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+    fraction_train: float
+    min_train_nodes: int
+    fraction_evaluate: float
+    min_evaluate_nodes: int
+    cam_method: str
+    samples_per_class: int
+    explainer_address: str
+    explainer_timeout: float
+    explainer_ca_file: str
+    architecture: str
+    data_dir: str
+    max_samples: int
+    partitioning: str
+    dirichlet_alpha: float
+    validation_fraction: float
+    test_fraction: float
+    seed: int
     # The aggregator explains the global model and every client's update on a probe set.
-    explain_federation: bool = True
-    probe_dir: str = ""
-    probe_per_class: int = 8
-    probe_cam_method: str = "hirescam"
-    flag_threshold: float = 3.5
-    exclude_flagged: bool = False
-    attack: str = "none"
-    attack_client: int = 0
+    explain_federation: bool
+    probe_dir: str
+    probe_per_class: int
+    probe_cam_method: str
+    flag_threshold: float
+    exclude_flagged: bool
+    attack: str
+    attack_client: int
 
     @staticmethod
     def key(field_name: str) -> str:
@@ -100,10 +104,15 @@ class TaskConfig:
         unknown = sorted(set(run_config) - set(known))
         if unknown:
             raise SettingsError(f"unknown task setting {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        missing = sorted(set(known) - set(run_config))
+        if missing:
+            raise SettingsError(f"task setting {missing[0]!r} is missing (the defaults are in pyproject.toml)")
         values = {}
         for key, value in run_config.items():
             expected = known[key].type
             values[known[key].name] = _coerce(key, value, expected)
+        # Written once, in fedxai.settings, for the explainer and its callers.
+        values["explainer_address"] = values["explainer_address"] or DEFAULT_EXPLAINER_ADDRESS
         config = cls(**values)
         config.validate()
         return config
@@ -113,6 +122,8 @@ class TaskConfig:
 
     def validate(self) -> None:
         validate_id_setting("task-name", self.task_name)
+        if self.run_id:
+            validate_id_setting("run-id", self.run_id)
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("partitioning", self.partitioning, PARTITIONINGS)

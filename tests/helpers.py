@@ -6,16 +6,28 @@ import cv2
 import numpy as np
 import torch
 
+from fedxai.task import TaskConfig
 from fedxai.tensors import tensor_to_proto
 from fedxai.v1 import explainer_pb2 as pb
 
 TRAINED_ON = 6000  # digits of the MNIST test split the shared model learns; the rest are held out
+RUN = "20261130-090000-ab12"  # the run the tests' requests belong to
+RUN_DIR = f"xaitest/runs/{RUN}"  # its folder in the store
+
+
+def task_config(**settings: object) -> TaskConfig:
+    """The default task (pyproject.toml) with ``settings`` by field name, in the tests' run."""
+    from services.cli.tasks import build_task, default_app_dir
+
+    overrides = {"run-id": RUN, **{TaskConfig.key(name): value for name, value in settings.items()}}
+    return build_task(default_app_dir(), overrides)
 
 
 def explain_request(images: np.ndarray, labels: np.ndarray, weights: bytes, **fields: object) -> pb.ExplainRequest:
     """An Explain request for (N, 28, 28) uint8 digits and an inline mnist_cnn."""
     request = pb.ExplainRequest(
         task_id="xaitest",
+        run_id=RUN,
         round=1,
         client_id="client-0",
         inline_model=pb.InlineModel(architecture="mnist_cnn", safetensors=weights),

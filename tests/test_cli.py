@@ -1,20 +1,28 @@
-"""`fedxai explainer` as a real process: start, serve, stop on a signal, and
-refuse bad configuration with a clear message before serving."""
+"""The `fedxai` command as a person meets it, as real processes: the explainer
+starts, serves, stops on a signal, and refuses bad configuration with a clear
+message before serving; help, refusals and `fedxai status` against real servers."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fedxai.settings import ExplainerSettings
+from fedxai.storage import LocalStore
+from fedxai.storage.layout import metrics_key
+from services.explainer.server import create_server
 from tests.conftest import NANIO_ACCESS_KEY, free_port, wait_for_port
+from tests.helpers import RUN
 
 FEDXAI = str(Path(sys.executable).with_name("fedxai"))
 
@@ -45,7 +53,7 @@ def test_serves_then_stops_gracefully_on_a_signal(tmp_path, stop_signal):
     finally:
         process.kill()
     assert process.returncode == 0, output
-    assert f"serving on 127.0.0.1:{port} (plaintext), storage: local" in output
+    assert f"serving on 127.0.0.1:{port} (plaintext), storage: the folder {tmp_path / 'out'}" in output
     assert "explainer stopped" in output
 
 
@@ -101,3 +109,90 @@ def test_download_mnist_leaves_a_filled_folder_alone(tmp_path):
     result = run_fedxai("download-mnist", str(MNIST_DIR), env=clean_env())
     assert result.returncode == 0, result.stderr
     assert f"MNIST IDX files already in {MNIST_DIR}" in result.stdout
+
+
+def test_help_is_plain_text_and_shows_the_defaults(tmp_path):
+    top = run_fedxai("--help", env=clean_env()).stdout
+    assert "``" not in top and "FedXAI: federated learning with Flower" in top
+    for command in ("explainer", "run", "aggregator", "health", "status", "monitor", "download-mnist"):
+        assert f"    {command} " in top
+    explainer = run_fedxai("explainer", "--help", env=clean_env()).stdout
+    assert (
+        "--max-message-mib MAX_MESSAGE_MIB\n                        largest request or response (default: 64)"
+        in explainer
+    )
+    health = run_fedxai("health", "--help", env=clean_env()).stdout
+    assert "seconds to wait for the answer (default: 3.0)" in health
+    download = run_fedxai("download-mnist", "--help", env=clean_env()).stdout
+    assert "folder for the IDX files" in download
+    # Every command that reads or writes the store takes the same flag.
+    for command in ("explainer", "run", "aggregator", "status", "monitor"):
+        assert "--output-dir OUTPUT_DIR" in run_fedxai(command, "--help", env=clean_env()).stdout, command
+
+
+def test_an_unknown_flag_is_refused_with_the_commands_usage(tmp_path):
+    result = run_fedxai("monitor", "--adress", "127.0.0.1:1", env=clean_env())
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: fedxai monitor ")
+    assert "fedxai monitor: error: unrecognized arguments: --adress 127.0.0.1:1" in result.stderr
+
+
+def test_an_explainer_refuses_a_port_another_explainer_holds(tmp_path):
+    first = create_server(ExplainerSettings(address="127.0.0.1:0"), LocalStore(tmp_path / "store"))
+    try:
+        result = run_fedxai(
+            "explainer",
+            "--address",
+            f"127.0.0.1:{first.port}",
+            "--output-dir",
+            str(tmp_path / "store"),
+            env=clean_env(),
+        )
+    finally:
+        first.stop(grace=None)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{first.port} (in use, or not this host's address)" in result.stderr
+
+
+def test_status_says_what_is_down_and_exits_1(tmp_path):
+    explainer = create_server(ExplainerSettings(address="127.0.0.1:0"), LocalStore(tmp_path / "store"))
+    store = LocalStore(tmp_path / "store")
+    store.check()
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    running = {"status": "running", "num_rounds": 3, "updated_at": now, "rounds": [{"round": 0}, {"round": 1}]}
+    store.put(metrics_key("xaitest", RUN), json.dumps(running).encode(), "application/json")
+    finished = {**running, "status": "finished"}
+    store.put(metrics_key("xaitest", "20261129-000000-0000"), json.dumps(finished).encode(), "application/json")
+    try:
+        result = run_fedxai(
+            "status", "--explainer-address", f"127.0.0.1:{explainer.port}", "--work-dir", str(tmp_path / "work"),
+            "--output-dir", str(tmp_path / "store"), env=clean_env(),
+        )  # fmt: skip
+    finally:
+        explainer.stop(grace=None)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "ok   explainer: SERVING"
+    assert lines[1].startswith(f"DOWN superlink: no SuperLink connection in {tmp_path / 'work' / 'flwr'}")
+    assert lines[2] == f"ok   store: the folder {tmp_path / 'store'}"
+    assert lines[3:] == ["runs going on:", f"  xaitest run {RUN}: running, round 1/3, last update {now}"]
+    assert not (tmp_path / "work").exists(), "status creates nothing"
+
+
+def test_status_on_a_missing_store_creates_none(tmp_path):
+    port = free_port()
+    result = run_fedxai(
+        "status", "--explainer-address", f"127.0.0.1:{port}", "--timeout", "0.5", "--work-dir", str(tmp_path / "w"),
+        "--output-dir", str(tmp_path / "nowhere"), env=clean_env(),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "DOWN explainer: UNAVAILABLE" in result.stdout
+    assert f"DOWN store: output folder {tmp_path / 'nowhere'} does not exist" in result.stdout
+    assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.mark.parametrize("rounds", ["0", "-1"])
+def test_zero_or_negative_rounds_are_refused(tmp_path, rounds):
+    result = run_fedxai("run", "--rounds", rounds, "--dry-run", "--work-dir", str(tmp_path / "w"), env=clean_env())
+    assert result.returncode == 2
+    assert result.stderr == "fedxai: error: num-server-rounds must be at least 1\n"

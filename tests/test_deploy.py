@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fedxai.cli import build_parser
+from services.cli.main import build_parser
 from tests.conftest import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -75,6 +75,17 @@ def test_every_fedxai_variable_is_read_by_the_settings():
             used |= {key for key in environment if key.startswith("FEDXAI_")}
     assert used, "the compose file configures the services through FEDXAI_* variables"
     assert used <= known, f"not read by fedxai/settings.py: {sorted(used - known)}"
+
+
+def test_every_service_has_cpu_and_memory_limits_set_in_dotenv():
+    raw = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]
+    resolved = services(DEPLOY / "docker-compose.yml")
+    settings = dotenv()
+    for name, service in raw.items():
+        for key in ("cpus", "mem_limit"):
+            variable = re.fullmatch(r"\$\{(\w+):-[^}]+\}", str(service.get(key, "")))
+            assert variable and variable.group(1) in settings, f"{name}: {key} is not a deploy/.env setting"
+        assert float(resolved[name]["cpus"]) > 0 and re.fullmatch(r"\d+[mg]", resolved[name]["mem_limit"]), name
 
 
 def test_healthchecks_use_the_grpc_health_service():

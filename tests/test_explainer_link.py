@@ -19,6 +19,7 @@ from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 from services.trainer.explainer_link import build_request, samples_per_class
 from tests.conftest import free_port
+from tests.helpers import RUN, RUN_DIR
 
 ARCH = ARCHITECTURES["mnist_cnn"]
 
@@ -32,6 +33,7 @@ def validation(mnist) -> Dataset:
 def request_for(round_number: int, model, validation: Dataset, per_class: int = 2) -> pb.ExplainRequest:
     return build_request(
         task_id="xaitest",
+        run_id=RUN,
         round_number=round_number,
         client_id="client-0",
         arch=ARCH,
@@ -59,16 +61,16 @@ def test_delivered_when_the_explainer_is_up(explainer, local_store, trained_mnis
     outbox = Outbox(tmp_path / "outbox")
     delivery = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, request_for(1, trained_mnist_cnn, validation))
     assert (delivery.sent, delivery.stored, delivery.queued, delivery.rejected) == (1, 10, 0, 0)
-    assert local_store.exists("xaitest/round-001/client-0/gradcam_class_9.jpg")
+    assert local_store.exists(f"{RUN_DIR}/round-001/client-0/gradcam_class_9.jpg")
     assert outbox.pending() == []
 
 
 def test_sent_naming_the_checkpoint_when_there_is_one(explainer, local_store, trained_mnist_cnn, validation, tmp_path):
     # A checkpoint with other bytes than the inline weights: the manifest shows which was explained.
     checkpoint = encode_state_dict(trained_mnist_cnn.state_dict(), {"architecture": ARCH.name, "round": "1"})
-    local_store.put("xaitest/round-001/global_model.safetensors", checkpoint, "application/octet-stream")
+    local_store.put(f"{RUN_DIR}/round-001/global_model.safetensors", checkpoint, "application/octet-stream")
     reference = pb.ModelRef(
-        key="xaitest/round-001/global_model.safetensors",
+        key=f"{RUN_DIR}/round-001/global_model.safetensors",
         architecture=ARCH.name,
         sha256=hashlib.sha256(checkpoint).hexdigest(),
     )
@@ -76,7 +78,7 @@ def test_sent_naming_the_checkpoint_when_there_is_one(explainer, local_store, tr
     request = request_for(1, trained_mnist_cnn, validation)
     delivery = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, request, checkpoint=reference)
     assert (delivery.sent, delivery.stored, delivery.queued, delivery.rejected) == (1, 10, 0, 0)
-    manifest = json.loads(local_store.get("xaitest/round-001/client-0/explanations.json"))
+    manifest = json.loads(local_store.get(f"{RUN_DIR}/round-001/client-0/explanations.json"))
     assert {entry["model_sha256"] for entry in manifest["images"]} == {reference.sha256}
 
 
@@ -84,7 +86,7 @@ def test_sent_naming_the_checkpoint_when_there_is_one(explainer, local_store, tr
 def test_weights_are_sent_when_the_checkpoint_cannot_be_used(
     explainer, local_store, trained_mnist_cnn, validation, tmp_path, stored
 ):
-    key = "xaitest/round-001/global_model.safetensors"
+    key = f"{RUN_DIR}/round-001/global_model.safetensors"
     if stored:  # since overwritten, say by a later run of the same task
         local_store.put(key, encode_state_dict(trained_mnist_cnn.state_dict(), {}), "application/octet-stream")
     outbox = Outbox(tmp_path / "outbox")
@@ -92,7 +94,7 @@ def test_weights_are_sent_when_the_checkpoint_cannot_be_used(
     reference = pb.ModelRef(key=key, architecture=ARCH.name, sha256="0" * 64)
     delivery = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, request, checkpoint=reference)
     assert (delivery.sent, delivery.stored, delivery.queued, delivery.rejected) == (1, 10, 0, 0)
-    manifest = json.loads(local_store.get("xaitest/round-001/client-0/explanations.json"))
+    manifest = json.loads(local_store.get(f"{RUN_DIR}/round-001/client-0/explanations.json"))
     inline_sha256 = hashlib.sha256(request.inline_model.safetensors).hexdigest()
     assert {entry["model_sha256"] for entry in manifest["images"]} == {inline_sha256}
 
@@ -100,7 +102,7 @@ def test_weights_are_sent_when_the_checkpoint_cannot_be_used(
 def test_queued_while_down_then_delivered_oldest_first(explainer, local_store, trained_mnist_cnn, validation, tmp_path):
     outbox = Outbox(tmp_path / "outbox")
     first = request_for(1, trained_mnist_cnn, validation)
-    checkpoint = pb.ModelRef(key="xaitest/round-001/global_model.safetensors", sha256="0" * 64)
+    checkpoint = pb.ModelRef(key=f"{RUN_DIR}/round-001/global_model.safetensors", sha256="0" * 64)
     down = deliver(f"127.0.0.1:{free_port()}", 5, outbox, first, checkpoint=checkpoint)
     assert (down.sent, down.queued) == (0, 1)
     (queued,) = outbox.pending()
@@ -111,8 +113,8 @@ def test_queued_while_down_then_delivered_oldest_first(explainer, local_store, t
     assert (up.sent, up.stored, up.queued) == (2, 20, 0)
     manifests = [info.key for info in local_store.list("xaitest/") if info.key.endswith("explanations.json")]
     assert manifests == [
-        "xaitest/round-001/client-0/explanations.json",
-        "xaitest/round-002/client-0/explanations.json",
+        f"{RUN_DIR}/round-001/client-0/explanations.json",
+        f"{RUN_DIR}/round-002/client-0/explanations.json",
     ]
 
 
@@ -122,7 +124,7 @@ def test_malformed_request_is_set_aside_with_the_reason(explainer, trained_mnist
     bad.labels.append(3)
     delivery = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, bad)
     assert (delivery.sent, delivery.queued, delivery.rejected) == (0, 0, 1)
-    reason = (tmp_path / "outbox" / "rejected" / "xaitest-round-001-client-0.pb.reason.txt").read_text()
+    reason = (tmp_path / "outbox" / "rejected" / f"xaitest-{RUN}-round-001-client-0.pb.reason.txt").read_text()
     assert "INVALID_ARGUMENT: labels: 21 labels for 20 samples" in reason
 
 
@@ -168,7 +170,7 @@ def test_a_request_the_explainer_cannot_take_is_set_aside_not_retried_forever(
 def test_an_unreadable_outbox_file_is_set_aside(explainer, trained_mnist_cnn, validation, tmp_path):
     outbox = Outbox(tmp_path / "outbox")
     outbox.directory.mkdir(parents=True)
-    (outbox.directory / "xaitest-round-001-client-0.pb").write_bytes(b"\xff\xff not protobuf")
+    (outbox.directory / f"xaitest-{RUN}-round-001-client-0.pb").write_bytes(b"\xff\xff not protobuf")
     delivery = deliver(f"127.0.0.1:{explainer.port}", 30, outbox, request_for(2, trained_mnist_cnn, validation))
     assert (delivery.sent, delivery.queued) == (1, 0)
-    assert (outbox.directory / "rejected" / "xaitest-round-001-client-0.pb").exists()
+    assert (outbox.directory / "rejected" / f"xaitest-{RUN}-round-001-client-0.pb").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -62,8 +63,14 @@ def delivery(xai: dict) -> dict:
     return {key: xai[key] for key in ("sent", "stored", "queued", "rejected")}
 
 
+def run_dir(tmp_path: Path) -> Path:
+    """The folder of the one run of task xaitest in the test's store."""
+    (found,) = (tmp_path / "out" / "xaitest" / "runs").iterdir()
+    return found
+
+
 def metrics(tmp_path: Path) -> dict:
-    return json.loads((tmp_path / "out" / "xaitest" / "metrics.json").read_text())
+    return json.loads((run_dir(tmp_path) / "metrics.json").read_text())
 
 
 def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
@@ -75,9 +82,13 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "round 1/2  global accuracy" in result.stdout
     assert "round 2/2  global accuracy" in result.stdout
-    assert "done: 2 rounds" in result.stdout
-
-    out = tmp_path / "out" / "xaitest"
+    out = run_dir(tmp_path)
+    assert f"done: run {out.name}, 2 rounds" in result.stdout
+    assert f"FedXAI: task xaitest, run {out.name}, 2 clients" in result.stdout
+    # Every process's log is kept with the run's results.
+    logs = sorted(path.name for path in (out / "logs").iterdir())
+    assert logs == ["explainer.log", "flwr-run.log", "superlink.log", "supernode-0.log", "supernode-1.log"]
+    assert "explainer serving on" in (out / "logs" / "explainer.log").read_text()
     for round_dir in ("round-001", "round-002"):
         assert (out / round_dir / "global_model.safetensors").is_file()
         for client in ("client-0", "client-1"):
@@ -89,7 +100,8 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
                 assert picture.shape[1] > 3 * picture.shape[0] / 2  # three panels side by side
 
     document = metrics(tmp_path)
-    assert document["status"] == "finished"
+    assert (document["status"], document["run_id"], document["reason"]) == ("finished", out.name, None)
+    assert document["started_at"] <= document["finished_at"] and document["config"]["run-id"] == out.name
     accuracy = [entry["global"]["accuracy"] for entry in document["rounds"]]
     assert [entry["round"] for entry in document["rounds"]] == [0, 1, 2]
     assert accuracy[0] < accuracy[1] < accuracy[2], accuracy
@@ -108,7 +120,7 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
         for flag, count in (("degenerate", "blank"), ("weak", "weak")):
             assert entry["xai"][count] == sum(image[flag] for m in images.values() for image in m["images"])
         assert 0 < entry["evaluate"]["eval-accuracy"] <= 1
-        assert entry["checkpoint"] == f"xaitest/round-{entry['round']:03d}/global_model.safetensors"
+        assert entry["checkpoint"] == f"xaitest/runs/{out.name}/round-{entry['round']:03d}/global_model.safetensors"
         checkpoint = (tmp_path / "out" / entry["checkpoint"]).read_bytes()
         assert entry["checkpoint_sha256"] == hashlib.sha256(checkpoint).hexdigest()
         # The trainers named the checkpoint of the model they evaluated, rather than sending it.
@@ -157,7 +169,7 @@ def test_a_label_flipping_client_is_flagged_and_left_out(tmp_path):
         assert entry["exclusion"] == "left out of the average: client-2"
     for entry in document["rounds"][1:]:
         assert not any(entry["comparison"]["clients"][c]["flagged"] for c in ("client-0", "client-1"))
-    out = tmp_path / "out" / "xaitest"
+    out = run_dir(tmp_path)
     assert sorted(p.name for p in (out / "round-002" / "updates").iterdir()) == ["client-0", "client-1", "client-2"]
 
 
@@ -184,14 +196,16 @@ def test_explainer_down_in_the_first_round_loses_nothing(tmp_path):
         )  # fmt: skip
         rest = run.communicate(timeout=RUN_TIMEOUT)[0]
     finally:
-        run.kill()
+        if run.poll() is None:  # the test failed before the run ended
+            run.kill()
+            run.communicate()
         if explainer is not None:
             explainer.terminate()
             explainer.wait(timeout=30)
     assert run.returncode == 0, rest
     round_2 = metrics(tmp_path)["rounds"][2]["xai"]
     assert delivery(round_2) == {"sent": 4, "stored": 40, "queued": 0, "rejected": 0}
-    out = tmp_path / "out" / "xaitest"
+    out = run_dir(tmp_path)
     document = metrics(tmp_path)
     for round_dir in ("round-001", "round-002"):
         for folder in ("client-0", "client-1", "global", "updates/client-0", "updates/client-1"):
@@ -204,9 +218,18 @@ def test_explainer_down_in_the_first_round_loses_nothing(tmp_path):
     assert list((tmp_path / "work").rglob("*.pb")) == []
 
 
-def test_ctrl_c_stops_every_process(tmp_path):
+def fedxai_status(tmp_path: Path, explainer: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        FEDXAI, "status", "--explainer-address", explainer, "--work-dir", str(tmp_path / "work"),
+        "--output-dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
+
+
+def test_status_during_a_run_and_ctrl_c_stops_every_process(tmp_path):
+    explainer = f"127.0.0.1:{free_port()}"
     run = subprocess.Popen(
-        fedxai_run(tmp_path, "--explainer-address", f"127.0.0.1:{free_port()}"),
+        fedxai_run(tmp_path, "--explainer-address", explainer),
         cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -214,15 +237,30 @@ def test_ctrl_c_stops_every_process(tmp_path):
         for line in run.stdout:
             if "supernodes started" in line:
                 break
-        time.sleep(3)  # let the run get going
+        deadline = time.monotonic() + 120  # until the aggregator has recorded the run
+        while not list((tmp_path / "out").glob("xaitest/runs/*/metrics.json")) and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert flower_processes(tmp_path / "work"), "the run should have Flower processes by now"
+        status = fedxai_status(tmp_path, explainer)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "ok   explainer: SERVING" in status.stdout
+        assert "ok   superlink: answering; 2 of 2 SuperNodes online" in status.stdout
+        assert f"ok   store: the folder {tmp_path / 'out'}" in status.stdout
+        assert re.search(r"^  xaitest run \d{8}-\d{6}-[0-9a-f]{4}: running, round \d/2", status.stdout, re.M)
         run.send_signal(signal.SIGINT)
         output = run.communicate(timeout=60)[0]
     finally:
-        run.kill()
+        if run.poll() is None:  # the test failed before the run ended
+            run.kill()
+            run.communicate()
     assert run.returncode == 130, output
     assert "interrupted" in output
     assert wait_until_gone(tmp_path / "work") == []
+    # Everything is down now, and status says so with its exit code.
+    status = fedxai_status(tmp_path, explainer)
+    assert status.returncode == 1
+    assert "DOWN explainer: UNAVAILABLE" in status.stdout and "DOWN superlink: not answering" in status.stdout
+    assert (run_dir(tmp_path) / "logs" / "supernode-1.log").is_file(), "an interrupted run keeps its logs too"
 
 
 def test_refusals_before_anything_starts(tmp_path):
@@ -246,8 +284,47 @@ def test_refusals_before_anything_starts(tmp_path):
 
     result = refused("--set", "local-epoch=2")
     assert result.returncode == 2
-    assert "unknown task setting 'local-epoch'" in result.stderr
+    assert "unknown task setting 'local-epoch' (did you mean 'local-epochs'?)" in result.stderr
+
+    taken = tmp_path / "out" / "xaitest" / "runs" / "taken" / "metrics.json"
+    taken.parent.mkdir(parents=True)
+    taken.write_text('{"status": "finished"}')
+    result = refused("--set", "run-id=taken")
+    assert result.returncode == 2
+    assert "run-id 'taken': task xaitest has a run of that id already" in result.stderr
+    assert taken.read_text() == '{"status": "finished"}'
+
+    result = refused("--rounds", "0")
+    assert (result.returncode, result.stderr) == (2, "fedxai: error: num-server-rounds must be at least 1\n")
+
+    result = refused("--round", "3")
+    assert result.returncode == 2 and result.stderr.startswith("usage: fedxai run ")
+    assert "fedxai run: error: unrecognized arguments: --round 3" in result.stderr
     assert not (tmp_path / "work").exists(), "nothing may start for a refused run"
+
+
+def test_dry_run_shows_every_process_and_starts_none(tmp_path):
+    env = {
+        **clean_env(),
+        "FEDXAI_S3_ENDPOINT": "127.0.0.1:9",
+        "FEDXAI_S3_ACCESS_KEY": "me",
+        "FEDXAI_S3_SECRET_KEY": "s3cr3t-value",
+    }
+    result = subprocess.run(
+        [*fedxai_run(tmp_path, "--explainer-address", "127.0.0.1:50999"), "--dry-run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    processes = re.findall(r"^([a-z0-9-]+):$", out, re.M)
+    assert processes == ["explainer", "superlink", "supernode-0", "supernode-1", "flwr-run"]
+    assert re.search(r"^  command: \S+ -m services.cli explainer --address 127.0.0.1:50999$", out, re.M)
+    assert re.search(r"^  command: flower-superlink --insecure .* --database \S+/work/superlink.db$", out, re.M)
+    assert "partition-id=1 num-partitions=2" in out and "flwr run " in out
+    assert "env FEDXAI_S3_SECRET_KEY=****" in out and "s3cr3t-value" not in out
+    assert "env FEDXAI_S3_ENDPOINT=127.0.0.1:9" in out
+    assert "num-server-rounds = 2" in out and re.search(r'^run-id = "\d{8}-\d{6}-[0-9a-f]{4}"$', out, re.M)
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists(), "nothing started, nothing written"
 
 
 def test_runs_on_s3_storage(tmp_path, nanio_endpoint):
@@ -264,23 +341,42 @@ def test_runs_on_s3_storage(tmp_path, nanio_endpoint):
     }
     command = fedxai_run(tmp_path, "--explainer-address", f"127.0.0.1:{free_port()}")
     command[command.index("--rounds") + 1] = "1"
-    result = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "storage s3://fedxai-run" in result.stdout
+    client = Minio(nanio_endpoint, access_key=NANIO_ACCESS_KEY, secret_key=NANIO_SECRET_KEY, secure=False)
+
+    def keys() -> set[str]:
+        listed = client.list_objects(bucket_name="fedxai-run", prefix="xaitest/", recursive=True)
+        return {o.object_name for o in listed}
+
+    def document(run: str) -> dict:
+        response = client.get_object(bucket_name="fedxai-run", object_name=f"xaitest/runs/{run}/metrics.json")
+        try:
+            return json.loads(response.read())
+        finally:
+            response.close()
+            response.release_conn()
+
+    runs = []
+    # The same task twice into one bucket, the second without explanations: two runs, apart.
+    for extra in ([], ["--no-xai"]):
+        result = subprocess.run(
+            [*command, *extra], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "storage s3://fedxai-run" in result.stdout
+        (run,) = re.findall(r"^done: run (\S+), 1 rounds", result.stdout, re.M)
+        runs.append(run)
+        if not extra:
+            first_keys = keys()
     assert not (tmp_path / "out").exists(), "nothing goes to the local folder"
 
-    client = Minio(nanio_endpoint, access_key=NANIO_ACCESS_KEY, secret_key=NANIO_SECRET_KEY, secure=False)
-    keys = {o.object_name for o in client.list_objects(bucket_name="fedxai-run", prefix="xaitest/", recursive=True)}
+    first, second = runs
+    assert first < second, "run ids sort by start time"
     for client_id in ("client-0", "client-1"):
-        assert {f"xaitest/round-001/{client_id}/gradcam_class_{c}.jpg" for c in range(10)} <= keys
-    assert "xaitest/round-001/global_model.safetensors" in keys
-    response = client.get_object(bucket_name="fedxai-run", object_name="xaitest/metrics.json")
-    try:
-        document = json.loads(response.read())
-    finally:
-        response.close()
-        response.release_conn()
-    assert document["status"] == "finished"
-    assert document["rounds"][1]["xai"]["stored"] == 20
+        assert {f"xaitest/runs/{first}/round-001/{client_id}/gradcam_class_{c}.jpg" for c in range(10)} <= keys()
+    assert f"xaitest/runs/{first}/round-001/global_model.safetensors" in keys()
+    assert (document(first)["status"], document(first)["rounds"][1]["xai"]["stored"]) == ("finished", 20)
+    second_keys = keys() - first_keys
+    assert all(key.startswith(f"xaitest/runs/{second}/") for key in second_keys), "the second run touched nothing else"
+    assert not any("gradcam_class_" in key for key in second_keys)
+    assert document(second)["config"]["xai-enabled"] is False and document(first)["config"]["xai-enabled"] is True
+    assert f"xaitest/runs/{second}/logs/supernode-0.log" in keys()

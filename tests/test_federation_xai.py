@@ -28,7 +28,16 @@ from services.aggregator.probe import ProbeExplainer, RoundMaps
 from services.aggregator.recorder import RunRecorder
 from services.explainer.server import create_server
 from tests.conftest import CHANNEL_OPTIONS, free_port
-from tests.helpers import TRAINED_ON, decode_jpeg, explain_request, perturbed, with_flipped_outputs
+from tests.helpers import (
+    RUN,
+    RUN_DIR,
+    TRAINED_ON,
+    decode_jpeg,
+    explain_request,
+    perturbed,
+    task_config,
+    with_flipped_outputs,
+)
 
 ARCH = ARCHITECTURES["mnist_cnn"]
 HONEST = ("client-0", "client-1", "client-2")
@@ -48,7 +57,7 @@ def updates(trained_mnist_cnn: torch.nn.Module) -> dict[str, dict[str, torch.Ten
 
 
 def task_for(port: int) -> TaskConfig:
-    return TaskConfig(explainer_address=f"127.0.0.1:{port}", explainer_timeout=30.0)
+    return task_config(explainer_address=f"127.0.0.1:{port}", explainer_timeout=30.0)
 
 
 class Recorded:
@@ -172,7 +181,7 @@ def explained_round(
 
 def test_a_client_with_flipped_outputs_is_flagged_by_its_explanations(explained_round, updates):
     store, _ = explained_round
-    document = json.loads(store.get("xaitest/metrics.json"))
+    document = json.loads(store.get(f"{RUN_DIR}/metrics.json"))
     comparison = document["rounds"][-1]["comparison"]
     assert comparison["flagged"] == [FLIPPED]
     flipped = comparison["clients"][FLIPPED]
@@ -184,7 +193,8 @@ def test_a_client_with_flipped_outputs_is_flagged_by_its_explanations(explained_
     assert comparison["method"] == "HiResCAM" and comparison["target_layer"] == "relu2"
 
     # Stored where the layout says, each class with its picture.
-    for folder in (Folder("xaitest", 1, "global"), *(Folder("xaitest", 1, "update", c) for c in updates)):
+    folders = (Folder("xaitest", RUN, 1, "global"), *(Folder("xaitest", RUN, 1, "update", c) for c in updates))
+    for folder in folders:
         manifest = json.loads(store.get(folder.manifest_key))
         assert manifest["subject"] == folder.subject
         assert [entry["label"] for entry in manifest["images"]] == list(range(10))
@@ -227,11 +237,11 @@ def test_requests_wait_in_the_outbox_while_the_explainer_is_away(mnist, updates,
     global_state = trained_mnist_cnn.state_dict()
     for future in prober.explain_updates(1, updates):
         future.result()
-    prober.explain_global(1, global_state, ("xaitest/round-001/global_model.safetensors", "0" * 64)).result()
+    prober.explain_global(1, global_state, (f"{RUN_DIR}/round-001/global_model.safetensors", "0" * 64)).result()
     queued = sorted(path.name for path in prober.outbox.pending())
     assert queued == [
-        "xaitest-round-001-global.pb",
-        *(f"xaitest-round-001-update-{client}.pb" for client in sorted(updates)),
+        f"xaitest-{RUN}-round-001-global.pb",
+        *(f"xaitest-{RUN}-round-001-update-{client}.pb" for client in sorted(updates)),
     ]
     assert recorded.rounds == {}
 
@@ -245,8 +255,8 @@ def test_requests_wait_in_the_outbox_while_the_explainer_is_away(mnist, updates,
     assert prober.outbox.pending() == []
     assert recorded.rounds[1]["flagged"] == [FLIPPED]
     assert set(recorded.rounds[2]["clients"]) == {"client-0"}
-    assert store.exists("xaitest/round-001/global/explanations.json")
-    assert store.exists(f"xaitest/round-001/updates/{FLIPPED}/explanations.json")
+    assert store.exists(f"{RUN_DIR}/round-001/global/explanations.json")
+    assert store.exists(f"{RUN_DIR}/round-001/updates/{FLIPPED}/explanations.json")
 
 
 @pytest.mark.parametrize(
@@ -273,11 +283,21 @@ def test_the_layout_cannot_be_confused_by_a_caller(stub, mnist, mnist_weights, l
 
 def test_manifest_keys_parse_back_to_their_folder():
     for folder in (
-        Folder("t", 3, "client", "client-0"),
-        Folder("t", 3, "global"),
-        Folder("t", 12, "update", "client-9"),
+        Folder("t", "r1", 3, "client", "client-0"),
+        Folder("t", "r1", 3, "global"),
+        Folder("t", "r1", 12, "update", "client-9"),
+        Folder("t", "", 3, "client", "me"),
+        Folder("t", "", 4, "update", "client-1"),
     ):
         assert Folder.of_manifest(folder.manifest_key) == folder
-    assert folder.prefix == "t/round-012/updates/client-9"
-    for key in ("t/round-001/updates/explanations.json", "t/x/c/explanations.json", "t/round-001/c/other.json"):
-        assert Folder.of_manifest(key) is None
+    assert Folder("t", "r1", 12, "update", "client-9").prefix == "t/runs/r1/round-012/updates/client-9"
+    assert Folder("t", "", 3, "client", "me").prefix == "t/adhoc/round-003/me"
+    for key in (
+        "t/runs/r1/round-001/updates/explanations.json",
+        "t/runs/r1/x/c/explanations.json",
+        "t/runs/r1/round-001/c/other.json",
+        "t/round-001/c/explanations.json",  # the layout before runs
+        "t/runs/round-001/c/explanations.json",
+        "t/adhoc/r1/round-001/c/explanations.json",
+    ):
+        assert Folder.of_manifest(key) is None, key

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fedxai.storage.layout import global_model_key
-from tests.helpers import decode_jpeg, png
+from tests.helpers import RUN, decode_jpeg, png
 
 GRPCURL = shutil.which("grpcurl") or str(Path(sys.executable).with_name("grpcurl"))
 
@@ -53,12 +53,13 @@ def test_health_check(explainer):
 
 def test_explain_a_png_with_a_stored_checkpoint_then_list_it(explainer, local_store, mnist, mnist_weights):
     images, labels = mnist
-    local_store.put(global_model_key("xaitest", 2), mnist_weights, "application/octet-stream")
+    checkpoint = global_model_key("xaitest", RUN, 2)
+    local_store.put(checkpoint, mnist_weights, "application/octet-stream")
     request = {
         "task_id": "xaitest",
         "round": 2,
         "client_id": "me",
-        "model_ref": {"key": "xaitest/round-002/global_model.safetensors", "architecture": "mnist_cnn"},
+        "model_ref": {"key": checkpoint, "architecture": "mnist_cnn"},
         "images": {"images": [base64.b64encode(png(images[0])).decode()]},
         "labels": [int(labels[0])],
         "store": True,
@@ -66,14 +67,19 @@ def test_explain_a_png_with_a_stored_checkpoint_then_list_it(explainer, local_st
     result = grpcurl(explainer.port, "fedxai.v1.Explainer/Explain", data=json.dumps(request))
     assert result.returncode == 0, result.stderr
     reply = json.loads(result.stdout)
-    key = f"xaitest/round-002/me/gradcam_class_{labels[0]}.jpg"
+    key = f"xaitest/adhoc/round-002/me/gradcam_class_{labels[0]}.jpg"  # named no run
     assert reply["images"][0]["key"] == key
     assert reply["samples"][0]["predicted_class"] == int(labels[0])
     assert decode_jpeg(local_store.get(key)).shape[2] == 3
 
-    listed = grpcurl(explainer.port, "fedxai.v1.Explainer/ListExplanations", data='{"task_id": "xaitest"}')
-    assert listed.returncode == 0, listed.stderr
-    assert [e["key"] for e in json.loads(listed.stdout)["explanations"]] == [key]
+    for query, expected in (
+        ({"task_id": "xaitest"}, [key]),
+        ({"task_id": "xaitest", "adhoc": True}, [key]),
+        ({"task_id": "xaitest", "run_id": RUN}, []),
+    ):
+        listed = grpcurl(explainer.port, "fedxai.v1.Explainer/ListExplanations", data=json.dumps(query))
+        assert listed.returncode == 0, listed.stderr
+        assert [e["key"] for e in json.loads(listed.stdout).get("explanations", [])] == expected, query
 
 
 def test_bad_request_exits_with_64_plus_the_status_code(explainer, mnist):

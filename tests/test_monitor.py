@@ -7,11 +7,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -22,15 +24,23 @@ from fedxai.data import Dataset, probe_set
 from fedxai.models import ARCHITECTURES
 from fedxai.storage import LocalStore
 from fedxai.storage.layout import metrics_key
-from fedxai.task import TaskConfig
 from fedxai.v1 import explainer_pb2 as pb
 from services.aggregator.probe import RoundMaps, probe_request
 from services.explainer.explanations import ExplanationService, Limits
 from services.monitor.app import create_app
 from tests.conftest import free_port
-from tests.helpers import TRAINED_ON, decode_jpeg, explain_request, perturbed, with_flipped_outputs
+from tests.helpers import RUN, TRAINED_ON, decode_jpeg, explain_request, perturbed, task_config, with_flipped_outputs
 
 ROUNDS, CLIENTS = (1, 2), ("client-0", "client-1")
+OLD_RUN = "20261129-120000-0a0a"  # an earlier run of xaitest, metrics only
+SCORED_RUN = "20261130-080000-5c5c"
+FAILED_RUN, STALE_RUN = "20261130-070000-fa11", "20261130-060000-5a1e"  # task "troubled"
+BIG_RUN = "20261130-050000-b19b"  # task "big": 10 clients x 50 rounds, made up
+
+
+def put_metrics(store: LocalStore, task: str, run: str, document: dict) -> None:
+    defaults = {"task": task, "run_id": run, "started_at": "2026-11-30T05:00:00+00:00", "config": {}}
+    store.put(metrics_key(task, run), json.dumps({**defaults, **document}).encode(), "application/json")
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +51,13 @@ def filled_store(tmp_path_factory, mnist, mnist_weights, trained_mnist_cnn) -> L
     images, labels = mnist
     for round_number in ROUNDS:
         for client in CLIENTS:
-            request = explain_request(images[:64], labels[:64], mnist_weights, round=round_number, client_id=client)
+            # client-0 explains other samples in round 2: the page must say so.
+            start = 100 if (round_number, client) == (2, "client-0") else 0
+            batch = slice(start, start + 64)
+            request = explain_request(images[batch], labels[batch], mnist_weights, round=round_number, client_id=client)
             service.explain(request)
+    # A call that names no run: it must not show in any run's gallery.
+    service.explain(explain_request(images[:8], labels[:8], mnist_weights, run_id="", client_id="me"))
     service.close()
     rounds = [{"round": 0, "global": {"accuracy": 0.1, "loss": 2.3}}]
     for round_number in ROUNDS:
@@ -62,8 +77,20 @@ def filled_store(tmp_path_factory, mnist, mnist_weights, trained_mnist_cnn) -> L
                 "xai": {"sent": 2, "stored": 20, "queued": 0, "rejected": 0},
             }
         )
-    document = {"task": "xaitest", "status": "finished", "num_rounds": 2, "updated_at": "now", "rounds": rounds}
-    store.put(metrics_key("xaitest"), json.dumps(document).encode(), "application/json")
+    document = {
+        "status": "finished",
+        "num_rounds": 2,
+        "updated_at": "2026-11-30T09:02:00+00:00",
+        "started_at": "2026-11-30T09:00:00+00:00",
+        "finished_at": "2026-11-30T09:02:05+00:00",
+        "config": {"xai-enabled": True, "cam-method": "grad-cam", "samples-per-class": 4, "local-epochs": 1},
+        "rounds": [{**r, "seconds": 40.0 + r["round"]} if r["round"] else r for r in rounds],
+    }
+    put_metrics(store, "xaitest", RUN, document)
+    older = [{"round": r, "global": {"accuracy": 0.5 + 0.1 * r, "loss": 1.0 - 0.2 * r}} for r in (0, 1, 2, 3)]
+    put_metrics(store, "xaitest", OLD_RUN, {"status": "finished", "num_rounds": 3, "updated_at": "", "rounds": older})
+    write_troubled_task(store)
+    write_big_task(store)
     write_scored_task(store)
     write_federated_task(store, service_for(store), mnist, trained_mnist_cnn)
     return store
@@ -81,7 +108,7 @@ def write_federated_task(store: LocalStore, service: ExplanationService, mnist, 
     a probe set by the explainer and compared as the aggregator does."""
     images, labels = mnist
     probe = probe_set(Dataset(images[TRAINED_ON:], labels[TRAINED_ON:]), "", 4, seed=42)
-    task = TaskConfig(task_name="federated")
+    task = task_config(task_name="federated")
     compared: dict[int, dict] = {}
     maps = RoundMaps(probe.labels, task.flag_threshold, lambda r, c: compared.setdefault(r, {}).update(c))
     arch = ARCHITECTURES["mnist_cnn"]
@@ -100,10 +127,9 @@ def write_federated_task(store: LocalStore, service: ExplanationService, mnist, 
     for entry in rounds[1:]:
         entry["excluded"] = ["client-3"]
     document = {
-        "task": "federated",
         "status": "finished",
         "num_rounds": 2,
-        "updated_at": "now",
+        "updated_at": "2026-11-30T09:00:00+00:00",
         "rounds": rounds,
         "probe": {
             "source": "the aggregator's held-out split",
@@ -116,7 +142,7 @@ def write_federated_task(store: LocalStore, service: ExplanationService, mnist, 
             "queued": 0,
         },
     }
-    store.put(metrics_key("federated"), json.dumps(document).encode(), "application/json")
+    put_metrics(store, "federated", task.run_id, document)
 
 
 METHODS = ("Grad-CAM", "Grad-CAM++", "HiResCAM", "XGrad-CAM", "LayerCAM")
@@ -155,7 +181,7 @@ def scores(gaps: dict[str, float], blank: bool = False) -> list[dict[str, object
 def old_entry(task: str, round_number: int, label: int) -> dict[str, object]:
     """A manifest entry with only the fields every explainer version wrote."""
     return {
-        "key": f"{task}/round-{round_number:03d}/client-0/gradcam_class_{label}.jpg",
+        "key": f"{task}/runs/{SCORED_RUN}/round-{round_number:03d}/client-0/gradcam_class_{label}.jpg",
         "label": label,
         "sample_index": label,
         "predicted_class": label,
@@ -214,9 +240,10 @@ def write_scored_task(store: LocalStore) -> None:
     choice (one blank map, one weak, one failing the sanity check on a wrong
     prediction, one chosen by auto); round 2 from an explainer that wrote none of them."""
     for label in SCORED:
-        jpeg = store.get(f"xaitest/round-001/client-0/gradcam_class_{label}.jpg")
+        jpeg = store.get(f"xaitest/runs/{RUN}/round-001/client-0/gradcam_class_{label}.jpg")
         for round_number in (1, 2):
-            store.put(f"scored/round-{round_number:03d}/client-0/gradcam_class_{label}.jpg", jpeg, "image/jpeg")
+            key = f"scored/runs/{SCORED_RUN}/round-{round_number:03d}/client-0/gradcam_class_{label}.jpg"
+            store.put(key, jpeg, "image/jpeg")
     new = [{**old_entry("scored", 1, label), **fields} for label, fields in SCORED.items()]
     old = [old_entry("scored", 2, label) for label in SCORED]
     manifests = {
@@ -231,11 +258,48 @@ def write_scored_task(store: LocalStore) -> None:
         2: {"task_id": "scored", "round": 2, "client_id": "client-0", "images": old},
     }
     for round_number, manifest in manifests.items():
-        key = f"scored/round-{round_number:03d}/client-0/explanations.json"
+        key = f"scored/runs/{SCORED_RUN}/round-{round_number:03d}/client-0/explanations.json"
         store.put(key, json.dumps(manifest).encode(), "application/json")
     rounds = [{"round": r, "global": {"accuracy": 0.9, "loss": 0.3}} for r in (0, 1, 2)]
-    document = {"task": "scored", "status": "finished", "num_rounds": 2, "updated_at": "now", "rounds": rounds}
-    store.put(metrics_key("scored"), json.dumps(document).encode(), "application/json")
+    document = {"status": "finished", "num_rounds": 2, "updated_at": "2026-11-30T08:00:00+00:00", "rounds": rounds}
+    put_metrics(store, "scored", SCORED_RUN, document)
+
+
+def write_troubled_task(store: LocalStore) -> None:
+    """Task "troubled": a run that failed, and one whose aggregator vanished two hours ago."""
+    rounds = [{"round": r, "global": {"accuracy": 0.9, "loss": 0.3}, "seconds": 30.0} for r in (0, 1)]
+    failed = {"status": "failed", "reason": "RuntimeError: no trainer answered", "num_rounds": 3, "rounds": rounds}
+    put_metrics(store, "troubled", FAILED_RUN, {**failed, "updated_at": "2026-11-30T07:01:00+00:00"})
+    vanished = datetime.now(UTC) - timedelta(hours=2)
+    stale = {"status": "running", "num_rounds": 3, "rounds": rounds, "updated_at": vanished.isoformat()}
+    put_metrics(store, "troubled", STALE_RUN, stale)
+
+
+BIG_CLIENTS, BIG_ROUNDS = [f"client-{i}" for i in range(10)], 50
+LOW_CLIENT, SILENT = "client-7", ("client-9", 30)  # an accuracy outlier; a client that missed round 30
+
+
+def write_big_task(store: LocalStore) -> None:
+    """Task "big": 10 clients x 50 rounds of metrics, no heatmaps (XAI off)."""
+    rounds: list[dict] = [{"round": 0, "global": {"accuracy": 0.1, "loss": 2.3}}]
+    for r in range(1, BIG_ROUNDS + 1):
+        clients = {}
+        for i, client in enumerate(BIG_CLIENTS):
+            accuracy = 0.62 if client == LOW_CLIENT else 0.95 + 0.001 * i
+            train = {"train-loss": 0.2, "train-accuracy": accuracy, "num-examples": 500}
+            clients[client] = {"train": train}
+            if (client, r) != SILENT:
+                clients[client]["evaluate"] = {
+                    "eval-loss": 1 - accuracy,
+                    "eval-accuracy": accuracy,
+                    "num-examples": 100,
+                }
+        rounds.append(
+            {"round": r, "global": {"accuracy": 0.88 + 0.0015 * r, "loss": 0.3}, "clients": clients, "seconds": 12.0}
+        )
+    config = {"xai-enabled": False}
+    document = {"status": "finished", "num_rounds": BIG_ROUNDS, "updated_at": "", "rounds": rounds, "config": config}
+    put_metrics(store, "big", BIG_RUN, document)
 
 
 @pytest.fixture(scope="module")
@@ -265,24 +329,66 @@ def get(url: str, method: str = "GET") -> tuple[int, str, bytes]:
             return error.code, error.headers.get("content-type", ""), error.read()
 
 
-def test_index_lists_the_tasks(monitor_url):
+def test_index_lists_each_tasks_runs_newest_first(monitor_url):
     status, _, body = get(f"{monitor_url}/")
     assert status == 200
-    assert b'href="/tasks/xaitest"' in body and b"finished" in body and b"90.0%" in body
+    dom = _Dom()
+    dom.feed(body.decode())
+    (runs,) = dom.nodes("table", **{"data-task": "xaitest"})
+    rows = dom.nodes("tr", inside=runs)[1:]  # after the header
+    assert [dom.elements[i][1]["data-run"] for i in rows] == [RUN, OLD_RUN]
+    cells = [dom.text(c) for c in dom.nodes("td", inside=rows[0])]
+    assert cells == [RUN, "finished", "2 / 2", "90.0%", "2026-11-30 09:00:00", "2 min 5 s", "41.5"]
+    assert dom.find("a", href=f"/tasks/xaitest/runs/{RUN}")
+    (troubled,) = dom.nodes("table", **{"data-task": "troubled"})
+    states = {
+        dom.elements[i][1]["data-run"]: dom.text(dom.nodes("td", inside=i)[1])
+        for i in dom.nodes("tr", inside=troubled)[1:]
+    }
+    assert states == {FAILED_RUN: "failed", STALE_RUN: "stale"}
+    assert dom.find("td", **{"class": "status-failed", "title": "RuntimeError: no trainer answered"})
 
 
-def test_task_api_has_metrics_and_the_gallery(monitor_url):
-    status, kind, body = get(f"{monitor_url}/api/tasks/xaitest")
+def test_a_task_opens_on_its_newest_run(monitor_url):
+    request = urllib.request.Request(f"{monitor_url}/tasks/xaitest")
+    with urllib.request.urlopen(request, timeout=10) as response:  # follows the redirect
+        assert response.url == f"{monitor_url}/tasks/xaitest/runs/{RUN}"
+    status, _, body = get(f"{monitor_url}/api/tasks/xaitest/runs")
+    assert status == 200 and [r["run"] for r in json.loads(body)] == [RUN, OLD_RUN]
+
+
+def test_run_api_has_metrics_and_the_gallery_of_that_run_only(monitor_url):
+    status, kind, body = get(f"{monitor_url}/api/tasks/xaitest/runs/{RUN}")
     assert status == 200 and kind == "application/json"
     document = json.loads(body)
     assert [r["round"] for r in document["metrics"]["rounds"]] == [0, 1, 2]
     assert sorted(document["gallery"]) == ["1", "2"]
-    assert sorted(document["gallery"]["1"]) == list(CLIENTS)
+    assert sorted(document["gallery"]["1"]) == list(CLIENTS), "the ad-hoc call's client 'me' is not in the run"
     assert len(document["gallery"]["2"]["client-1"]) == 10
+    summary = document["summary"]
+    assert (summary["state"], summary["seconds_per_round"], summary["duration_seconds"]) == ("finished", 41.5, 125.0)
+    image = document["gallery"]["2"]["client-1"][7]
+    assert image["key"] == f"xaitest/runs/{RUN}/round-002/client-1/gradcam_class_7.jpg"
+    assert image["manifest"] == f"/manifests/xaitest/{RUN}/2/client-1"
+    assert image["checkpoint"] == f"/checkpoints/xaitest/{RUN}/2"
+    assert len(image["sample_sha256"]) == 64
+    status, _, body = get(f"{monitor_url}/api/tasks/xaitest/runs/{OLD_RUN}")
+    assert status == 200 and json.loads(body)["gallery"] == {}
 
 
-def test_task_api_passes_the_scores_through(monitor_url):
-    status, _, body = get(f"{monitor_url}/api/tasks/scored")
+def test_each_picture_links_to_its_manifest(monitor_url, filled_store):
+    status, kind, body = get(f"{monitor_url}/manifests/xaitest/{RUN}/2/client-1")
+    assert status == 200 and kind == "application/json"
+    manifest = json.loads(body)
+    assert (manifest["run_id"], manifest["round"], manifest["client_id"]) == (RUN, 2, "client-1")
+    assert get(f"{monitor_url}/checkpoints/xaitest/{RUN}/2")[0] == 404, "this run stored no checkpoint"
+    filled_store.put(f"xaitest/runs/{RUN}/round-002/global_model.safetensors", b"weights", "application/octet-stream")
+    status, kind, body = get(f"{monitor_url}/checkpoints/xaitest/{RUN}/2")
+    assert (status, kind, body) == (200, "application/octet-stream", b"weights")
+
+
+def test_run_api_passes_the_scores_through(monitor_url):
+    status, _, body = get(f"{monitor_url}/api/tasks/scored/runs/{SCORED_RUN}")
     assert status == 200
     document = json.loads(body)
     scored = {image["label"]: image for image in document["gallery"]["1"]["client-0"]}
@@ -291,36 +397,47 @@ def test_task_api_passes_the_scores_through(monitor_url):
     assert scored[3]["selection"] == SELECTION and scored[0]["selection"] is None
     for label, fields in SCORED.items():
         assert scored[label]["faithfulness"] == fields["faithfulness"]
-        assert scored[label]["src"] == f"/images/scored/1/client-0/gradcam_class_{label}.jpg"
+        assert scored[label]["src"] == f"/images/scored/{SCORED_RUN}/1/client-0/gradcam_class_{label}.jpg"
     # The manifest's call-wide checks sit beside the gallery, keyed the same way.
     assert document["quality"] == {
         "1": {"client-0": {"replacement": "noisy linear imputation (ROAD)", "sanity": SANITY}}
     }
     # Older manifests: the new fields are null, the old ones as before.
     (old,) = [image for image in document["gallery"]["2"]["client-0"] if image["label"] == 2]
-    new_fields = ("weak", "faithfulness", "sanity_spearman", "sanity_passed", "selection")
+    new_fields = ("weak", "faithfulness", "sanity_spearman", "sanity_passed", "selection", "sample_sha256")
     assert all(old[name] is None for name in new_fields)
     assert (old["predicted_class"], old["method"], old["degenerate"]) == (2, "Grad-CAM", False)
 
 
-def test_images_are_streamed_from_the_store(monitor_url, filled_store):
-    status, kind, body = get(f"{monitor_url}/images/xaitest/2/client-1/gradcam_class_7.jpg")
+def test_images_and_logs_are_streamed_from_the_store(monitor_url, filled_store):
+    status, kind, body = get(f"{monitor_url}/images/xaitest/{RUN}/2/client-1/gradcam_class_7.jpg")
     assert status == 200 and kind == "image/jpeg"
-    assert body == filled_store.get("xaitest/round-002/client-1/gradcam_class_7.jpg")
+    assert body == filled_store.get(f"xaitest/runs/{RUN}/round-002/client-1/gradcam_class_7.jpg")
     assert decode_jpeg(body).shape[2] == 3
+    filled_store.put(f"xaitest/runs/{RUN}/logs/supernode-0.log", b"INFO started\n", "text/plain")
+    status, kind, body = get(f"{monitor_url}/logs/xaitest/{RUN}/supernode-0")
+    assert status == 200 and kind.startswith("text/plain") and body == b"INFO started\n"
+    assert "supernode-0" in json.loads(get(f"{monitor_url}/api/tasks/xaitest/runs/{RUN}")[2])["logs"]
 
 
 @pytest.mark.parametrize(
     "path",
     [
         "/tasks/unknown",
-        "/api/tasks/unknown",
+        "/tasks/xaitest/runs/unknown",
+        "/api/tasks/unknown/runs",
+        "/api/tasks/xaitest/runs/unknown",
         "/tasks/..%2F..%2Fetc",
-        "/images/xaitest/9/client-0/gradcam_class_7.jpg",
-        "/images/xaitest/1/client-9/gradcam_class_7.jpg",
-        "/images/xaitest/1/client-0/explanations.json",
-        "/images/xaitest/1/client-0/..%2F..%2Fmetrics.json",
-        "/images/..%2F..%2F..%2Fetc/1/client-0/gradcam_class_7.jpg",
+        f"/images/xaitest/{RUN}/9/client-0/gradcam_class_7.jpg",
+        f"/images/xaitest/{RUN}/1/client-9/gradcam_class_7.jpg",
+        f"/images/xaitest/{RUN}/1/client-0/explanations.json",
+        f"/images/xaitest/{RUN}/1/client-0/..%2F..%2Fmetrics.json",
+        f"/images/xaitest/{OLD_RUN}/1/client-0/gradcam_class_7.jpg",
+        "/images/xaitest/..%2Fadhoc/1/me/gradcam_class_7.jpg",
+        f"/images/..%2F..%2F..%2Fetc/{RUN}/1/client-0/gradcam_class_7.jpg",
+        f"/manifests/xaitest/{RUN}/1/..%2F..",
+        f"/logs/xaitest/{RUN}/..%2F..%2Fmetrics",
+        f"/logs/xaitest/{RUN}/explainer",
         "/static/..%2F..%2Fapp.py",
         "/nothing/here",
     ],
@@ -335,9 +452,19 @@ def test_unknown_things_and_escapes_are_404_pages(monitor_url, path):
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
 def test_nothing_is_writable(monitor_url, method, filled_store):
     before = [info.key for info in filled_store.list()]
-    status, _, _ = get(f"{monitor_url}/tasks/xaitest", method=method)
+    status, _, _ = get(f"{monitor_url}/tasks/xaitest/runs/{RUN}", method=method)
     assert status == 405
     assert [info.key for info in filled_store.list()] == before
+
+
+def test_a_monitor_on_a_missing_folder_creates_nothing(tmp_path):
+    missing = tmp_path / "nowhere"
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("fedxai")), "monitor", "--output-dir", str(missing)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1 and f"output folder {missing} does not exist" in result.stderr
+    assert not missing.exists()
 
 
 class _Dom(HTMLParser):
@@ -411,41 +538,109 @@ def dump_dom(url: str, profile: Path) -> _Dom:
     return dom
 
 
+def screenshot(url: str, name: str, profile: Path, height: int = 2600) -> Path:
+    """A full-page screenshot, kept as a CI artifact."""
+    assert CHROMIUM is not None
+    artifacts = Path(os.environ.get("FEDXAI_TEST_ARTIFACTS", profile.parent))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    path = artifacts / name
+    flags = [f"--user-data-dir={profile}", f"--screenshot={path}", f"--window-size=1400,{height}"]
+    subprocess.run([CHROMIUM, *BROWSER_FLAGS, *flags, url], capture_output=True, timeout=120, check=True)
+    assert path.stat().st_size > 10_000
+    return path
+
+
+def cells_of(dom: _Dom, row: int) -> list[str]:
+    return [dom.text(c) for c in dom.nodes("td", inside=row)]
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by .ci/run")
 def test_the_page_in_a_real_browser(monitor_url, tmp_path):
-    flags = [*BROWSER_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    url = f"{monitor_url}/tasks/xaitest"
+    url = f"{monitor_url}/tasks/xaitest/runs/{RUN}?overlay={OLD_RUN}"
     dom = dump_dom(url, tmp_path / "profile")
     (accuracy,) = dom.find("canvas", id="accuracy-chart")
     (loss,) = dom.find("canvas", id="loss-chart")
-    assert accuracy["data-points"] == loss["data-points"] == "3"  # rounds 0, 1 and 2
-    assert accuracy["data-series"] == "global (server),federated (clients)"
+    assert accuracy["data-points"] == loss["data-points"] == "3"  # rounds 1-2, and round 3 of the overlaid run
+    assert accuracy["data-series"] == f"global,clients (mean),global, run {OLD_RUN},clients, run {OLD_RUN}"
+    assert (accuracy["data-y-title"], loss["data-y-title"]) == ("accuracy (%)", "loss (cross-entropy)")
+    (facts,) = dom.nodes("dl", id="facts")
+    terms = [dom.text(i) for i in dom.nodes("dt", inside=facts)]
+    values = [dom.text(i) for i in dom.nodes("dd", inside=facts)]
+    facts_shown = dict(zip(terms, values, strict=True))
+    assert facts_shown["duration"] == "2 min 5 s" and facts_shown["seconds per round"] == "41.5 s (median)"
+    assert facts_shown["global accuracy"] == "90.0% (before training 10.0%)" and facts_shown["clients"] == "2"
+    (settings,) = dom.nodes("table", id="settings")
+    assert ["local-epochs", "1"] in [cells_of(dom, row) for row in dom.nodes("tr", inside=settings)]
+
     (gallery,) = dom.find("div", id="gallery")
     assert (gallery["data-round"], gallery["data-client"]) == ("1", "client-0")
     heatmaps = dom.find("img", **{"class": "heatmap"})
     in_gallery = [img for img in heatmaps if img["data-section"] == "gallery"]
-    assert all("/images/xaitest/1/client-0/" in img["src"] for img in in_gallery)
+    assert all(f"/images/xaitest/{RUN}/1/client-0/" in img["src"] for img in in_gallery)
     assert sorted(int(img["data-label"]) for img in in_gallery) == list(range(10))
     assert all(img.get("data-loaded") == "true" for img in heatmaps), "every image was fetched and decoded"
+    links = {a["href"] for a in dom.find("a", **{"class": "full-size"})}
+    assert {img["src"] for img in in_gallery} <= links, "each picture opens at full size"
+    (gallery_node,) = dom.nodes("div", id="gallery")
+    assert len(dom.nodes("a", inside=gallery_node, href=f"/manifests/xaitest/{RUN}/1/client-0")) == 10
+    assert dom.find("a", href=f"/checkpoints/xaitest/{RUN}/1")
     compared = [img for img in heatmaps if img["data-section"] == "compare"]
-    assert [img["src"].split("/")[3] for img in compared] == ["1", "2"]  # one class, both rounds
+    assert [img["src"].split("/")[4] for img in compared] == ["1", "2"]  # one class, both rounds
     assert {img["data-label"] for img in compared} == {"0"}
-    (clients,) = dom.nodes("table", id="clients")
-    assert len(dom.nodes("tr", inside=clients)) == 1 + len(ROUNDS) * len(CLIENTS)  # header + one per client and round
+    (compare,) = dom.nodes("div", id="compare")
+    across = dom.nodes("figure", inside=compare)
+    assert ("another sample than round 1", "badge badge-warn") in dom.badges(across[1])
+    (clients,) = dom.nodes("table", id="clients-table")
+    rows = dom.nodes("tr", inside=clients)[1:]
+    assert [cells_of(dom, row)[:3] for row in rows] == [["client-0", "85.0%", "0.400"], ["client-1", "85.0%", "0.400"]]
+    (body,) = dom.nodes("body")
+    assert not {"undefined", "NaN", "null"} & set(dom.text(body).split())
+    screenshot(url, "monitor-run-page.png", tmp_path / "profile")
 
-    artifacts = Path(os.environ.get("FEDXAI_TEST_ARTIFACTS", tmp_path))
-    artifacts.mkdir(parents=True, exist_ok=True)
-    screenshot = artifacts / "monitor-task-page.png"
-    subprocess.run(
-        [CHROMIUM, *flags, f"--screenshot={screenshot}", "--window-size=1400,2600", url],
-        capture_output=True, timeout=120, check=True,
-    )  # fmt: skip
-    assert screenshot.stat().st_size > 10_000
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by .ci/run")
+def test_the_page_at_ten_clients_and_fifty_rounds(monitor_url, tmp_path):
+    url = f"{monitor_url}/tasks/big/runs/{BIG_RUN}"
+    dom = dump_dom(url, tmp_path / "profile")
+    (clients,) = dom.nodes("table", id="clients-table")
+    rows = dom.nodes("tr", inside=clients)[1:]
+    assert len(rows) == len(BIG_CLIENTS), "one round at a time, the latest first"
+    notes = {cells_of(dom, row)[0]: cells_of(dom, row)[-1] for row in rows}
+    assert notes[LOW_CLIENT] == "accuracy outlier" and notes["client-0"] == ""
+    (chart,) = dom.find("canvas", id="client-chart")
+    assert f"{LOW_CLIENT} (outlier)" in chart["data-series"].split(",")
+    assert chart["data-points"] == str(BIG_ROUNDS) and chart["data-y-title"] == "evaluation accuracy (%)"
+    (alerts,) = dom.nodes("p", id="client-alerts")
+    text = dom.text(alerts)
+    assert dom.text(alerts).count("client-") == 2, "one line per client, not one per round"
+    outlier = "client-7: an outlier in rounds 1\N{EN DASH}50; in round 50 at 62.0%"
+    assert f"{outlier} against the other clients' median 95.4%." in text
+    assert "client-9: no evaluation in round 30." in text
+    (note,) = dom.nodes("p", id="gallery-note")
+    assert dom.text(note) == "This run trained without explanations: there are no heatmaps."
+    (controls,) = dom.find("p", id="gallery-controls")
+    assert "hidden" in controls, "no empty drop-downs"
+    (accuracy,) = dom.find("canvas", id="accuracy-chart")
+    assert accuracy["data-points"] == str(BIG_ROUNDS), "from round 1: the untrained model does not squash the axis"
+    assert dom.find("a", href="#heatmaps"), "the gallery is one click away"
+    screenshot(url, "monitor-big-run.png", tmp_path / "profile")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by .ci/run")
+def test_the_page_says_why_a_run_failed_and_when_one_went_stale(monitor_url, tmp_path):
+    dom = dump_dom(f"{monitor_url}/tasks/troubled/runs/{FAILED_RUN}", tmp_path / "profile")
+    (note,) = dom.nodes("p", id="state-note")
+    assert dom.text(note).startswith("The run failed: RuntimeError: no trainer answered.")
+    dom = dump_dom(f"{monitor_url}/tasks/troubled/runs/{STALE_RUN}", tmp_path / "profile")
+    (status,) = dom.find("span", id="status")
+    assert status["class"] == "status-stale"
+    (note,) = dom.nodes("p", id="state-note")
+    assert "the aggregator stopped reporting without finishing the run" in dom.text(note)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by .ci/run")
 def test_the_page_shows_the_scores_beside_each_heatmap(monitor_url, tmp_path):
-    dom = dump_dom(f"{monitor_url}/tasks/scored", tmp_path / "profile")
+    dom = dump_dom(f"{monitor_url}/tasks/scored/runs/{SCORED_RUN}", tmp_path / "profile")
     (gallery,) = dom.nodes("div", id="gallery")
     figures = {dom.elements[i][1]["data-label"]: i for i in dom.nodes("figure", inside=gallery)}
     assert sorted(figures) == ["0", "1", "2", "3"]  # round 1, the first
@@ -495,8 +690,8 @@ def test_the_page_shows_the_scores_beside_each_heatmap(monitor_url, tmp_path):
     assert all(img.get("data-loaded") == "true" for img in dom.find("img", **{"class": "heatmap"}))
 
 
-def test_task_api_has_the_probe_galleries(monitor_url, filled_store):
-    status, _, body = get(f"{monitor_url}/api/tasks/federated")
+def test_run_api_has_the_probe_galleries(monitor_url, filled_store):
+    status, _, body = get(f"{monitor_url}/api/tasks/federated/runs/{RUN}")
     assert status == 200
     document = json.loads(body)
     assert document["gallery"] == {}, "the probe set's pictures are not a client's"
@@ -506,19 +701,24 @@ def test_task_api_has_the_probe_galleries(monitor_url, filled_store):
         assert sorted(probe["updates"]) == list(FEDERATED_CLIENTS)
         assert document["metrics"]["rounds"][round_number]["comparison"]["flagged"] == ["client-3"]
     src = document["probe"]["2"]["updates"]["client-3"][7]["src"]
-    assert src == "/images/federated/2/updates/client-3/gradcam_class_7.jpg"
+    assert src == f"/images/federated/{RUN}/2/updates/client-3/gradcam_class_7.jpg"
     status, kind, jpeg = get(f"{monitor_url}{src}")
     assert status == 200 and kind == "image/jpeg"
-    assert jpeg == filled_store.get("federated/round-002/updates/client-3/gradcam_class_7.jpg")
+    assert jpeg == filled_store.get(f"federated/runs/{RUN}/round-002/updates/client-3/gradcam_class_7.jpg")
     status, _, jpeg = get(f"{monitor_url}{document['probe']['1']['global'][0]['src']}")
     assert status == 200 and decode_jpeg(jpeg).shape[2] == 3
-    for path in ("/images/federated/1/updates/..%2Fglobal/gradcam_class_1.jpg", "/images/federated/1/updates/x/y.jpg"):
+    manifest = document["probe"]["2"]["updates"]["client-3"][7]["manifest"]
+    assert json.loads(get(f"{monitor_url}{manifest}")[2])["subject"] == "update"
+    for path in (
+        f"/images/federated/{RUN}/1/updates/..%2Fglobal/gradcam_class_1.jpg",
+        f"/images/federated/{RUN}/1/updates/x/y.jpg",
+    ):
         assert get(f"{monitor_url}{path}")[0] == 404
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by .ci/run")
 def test_the_page_shows_flags_and_the_probe_set(monitor_url, tmp_path):
-    dom = dump_dom(f"{monitor_url}/tasks/federated", tmp_path / "profile")
+    dom = dump_dom(f"{monitor_url}/tasks/federated/runs/{RUN}", tmp_path / "profile")
     (chart,) = dom.find("canvas", id="outlier-chart")
     assert chart["data-series"] == ",".join([*FEDERATED_CLIENTS, "flag threshold"])
     assert chart["data-points"] == "2"

@@ -14,7 +14,7 @@ import numpy as np
 from fedxai.storage.layout import global_model_key
 from fedxai.storage.s3 import S3Store
 from tests.conftest import NANIO_ACCESS_KEY, NANIO_SECRET_KEY, REPO_ROOT, s3_settings
-from tests.helpers import decode_jpeg, explain_request, png
+from tests.helpers import RUN, RUN_DIR, decode_jpeg, explain_request, png
 
 README = (REPO_ROOT / "README.md").read_text()
 
@@ -30,20 +30,22 @@ def block_after(heading: str, language: str) -> str:
 def test_grpcurl_commands(explainer, stub, local_store, mnist, mnist_weights, tmp_path):
     images, labels = mnist
     assert labels[0] == 7
-    local_store.put(global_model_key("xaitest", 1), mnist_weights, "application/octet-stream")
+    local_store.put(global_model_key("xaitest", RUN, 1), mnist_weights, "application/octet-stream")
     stub.Explain(explain_request(images[:20], labels[:20], mnist_weights), timeout=60)  # something to list
     (tmp_path / "digit.png").write_bytes(png(images[0]))
 
     script = block_after("### grpcurl", "sh").replace("127.0.0.1:50051", f"127.0.0.1:{explainer.port}")
+    script = re.sub(r"^RUN=\S+$", f"RUN={RUN}", script, count=1, flags=re.M)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    for expected in ("fedxai.v1.Explainer", "rpc Explain", '"status": "SERVING"', "xaitest/round-001/client-0/"):
+    for expected in ("fedxai.v1.Explainer", "rpc Explain", '"status": "SERVING"', f"{RUN_DIR}/round-001/client-0/"):
         assert expected in result.stdout
-    assert '"key": "xaitest/round-001/me/gradcam_class_7.jpg"' in result.stdout
-    assert decode_jpeg(local_store.get("xaitest/round-001/me/gradcam_class_7.jpg")).shape[2] == 3
+    assert '"degenerate": false' in result.stdout, "-emit-defaults shows false fields"
+    assert '"key": "xaitest/adhoc/round-001/me/gradcam_class_7.jpg"' in result.stdout
+    assert decode_jpeg(local_store.get("xaitest/adhoc/round-001/me/gradcam_class_7.jpg")).shape[2] == 3
 
 
 def test_python_sdk_lines(nanio_endpoint, tmp_path, monkeypatch):

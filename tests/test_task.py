@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import pytest
 
-from fedxai.launcher import build_task, parse_overrides, task_defaults
-from fedxai.settings import SettingsError
+from fedxai.settings import DEFAULT_EXPLAINER_ADDRESS, SettingsError
 from fedxai.task import TaskConfig
+from services.cli.tasks import build_task, parse_overrides, task_defaults
 from tests.conftest import REPO_ROOT
 
 
 def test_pyproject_defaults_are_the_guide_task():
     task = build_task(REPO_ROOT, {}, clients=2)
     assert (task.task_name, task.xai_enabled, task.strategy) == ("xaitest", True, "FedAvg")
-    # Every field has its default in pyproject.toml, and they agree with the dataclass.
-    assert task_defaults(REPO_ROOT) == TaskConfig().to_run_config()
+    # pyproject.toml holds every default, and the only ones: the dataclass has none.
+    defaults = task_defaults(REPO_ROOT)
+    assert set(defaults) == set(TaskConfig.from_run_config(defaults).to_run_config())
+    with pytest.raises(SettingsError, match="task setting 'xai-enabled' is missing"):
+        TaskConfig.from_run_config({k: v for k, v in defaults.items() if k != "xai-enabled"})
+    # The explainer's address is written once, beside the explainer's own settings.
+    assert defaults["explainer-address"] == "" and task.explainer_address == DEFAULT_EXPLAINER_ADDRESS
+    assert task.run_id == "", "fedxai run and the aggregator name runs"
 
 
 def test_overrides_apply_and_fewer_clients_lower_the_minimum():
@@ -38,7 +44,9 @@ def test_override_values_are_toml_with_bare_words_as_strings():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"num-rounds": 3}, "unknown task setting 'num-rounds'"),
+        ({"num-rounds": 3}, "unknown task setting 'num-rounds' (did you mean 'num-server-rounds'?)"),
+        ({"zzz": 3}, "unknown task setting 'zzz' (known: architecture, attack, "),
+        ({"run-id": "a/b"}, "run-id: 'a/b' is not a valid id"),
         ({"local-epochs": "two"}, "local-epochs='two' must be of type int"),
         ({"xai-enabled": 1}, "xai-enabled=1 must be of type bool"),
         ({"strategy": "FedProx"}, "strategy='FedProx' is not one of FedAvg"),
@@ -60,4 +68,5 @@ def test_bad_settings_are_refused_with_their_name(overrides, message):
 
 
 def test_ints_are_accepted_for_floats():
-    assert TaskConfig.from_run_config({"learning-rate": 1}).learning_rate == 1.0
+    settings = {**task_defaults(REPO_ROOT), "learning-rate": 1}
+    assert TaskConfig.from_run_config(settings).learning_rate == 1.0

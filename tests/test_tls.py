@@ -16,6 +16,7 @@ from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 from services.explainer.server import create_server
 from tests.conftest import REPO_ROOT
+from tests.helpers import RUN, RUN_DIR
 
 FEDXAI = str(Path(sys.executable).with_name("fedxai"))
 
@@ -71,6 +72,7 @@ def test_trainers_deliver_over_tls(tls_explainer, certs, local_store, trained_mn
     images, labels = mnist
     request = build_request(
         task_id="xaitest",
+        run_id=RUN,
         round_number=1,
         client_id="client-0",
         arch=ARCHITECTURES["mnist_cnn"],
@@ -82,7 +84,7 @@ def test_trainers_deliver_over_tls(tls_explainer, certs, local_store, trained_mn
     address = f"localhost:{tls_explainer.port}"
     delivery = deliver(address, 30, Outbox(tmp_path / "outbox"), request, ca_file=str(certs / "ca.crt"))
     assert (delivery.sent, delivery.stored) == (1, 10)
-    assert local_store.exists("xaitest/round-001/client-0/explanations.json")
+    assert local_store.exists(f"{RUN_DIR}/round-001/client-0/explanations.json")
 
 
 @pytest.mark.slow
@@ -122,6 +124,9 @@ def test_aggregator_runs_a_federation_through_a_tls_superlink(certs, tmp_path):
         supernode.wait()
     assert aggregator.returncode == 0, output
     assert "round 1/1  global accuracy" in output
-    document = json.loads((tmp_path / "out" / "xaitest" / "metrics.json").read_text())
-    assert document["status"] == "finished"
+    (metrics,) = (tmp_path / "out" / "xaitest" / "runs").glob("*/metrics.json")
+    document = json.loads(metrics.read_text())
+    assert document["status"] == "finished" and f"done: run {document['run_id']}, 1 rounds" in output
+    logs = sorted(path.name for path in (metrics.parent / "logs").iterdir())
+    assert logs == ["flwr-run.log", "superlink.log"], "the aggregator keeps its processes' logs with the run"
     assert list(document["rounds"][1]["clients"]) == ["client-0"]

@@ -54,18 +54,25 @@ def main() -> None:
     bucket = env["FEDXAI_S3_BUCKET"]
     client = Minio(args.s3, access_key=env["MINIO_ROOT_USER"], secret_key=env["MINIO_ROOT_PASSWORD"], secure=False)
 
-    metrics = json.loads(read(client, bucket, "xaitest/metrics.json"))
-    assert metrics["status"] == "finished", metrics["status"]
+    # One run of the default task, in its own folder.
+    listed = {o.object_name for o in client.list_objects(bucket_name=bucket, prefix="xaitest/", recursive=True)}
+    (run,) = {key.split("/")[2] for key in listed if key.startswith("xaitest/runs/") and key.endswith("/metrics.json")}
+    base = f"xaitest/runs/{run}"
+    assert not [key for key in listed if not key.startswith(f"{base}/")], "everything of the run is in its folder"
+    metrics = json.loads(read(client, bucket, f"{base}/metrics.json"))
+    assert (metrics["status"], metrics["run_id"]) == ("finished", run), metrics["status"]
+    logs = {key.rsplit("/", 1)[1] for key in listed if key.startswith(f"{base}/logs/")}
+    assert logs == {"flwr-run.log", "superlink.log"}, logs
     accuracy = [entry["global"]["accuracy"] for entry in metrics["rounds"]]
     assert len(accuracy) == args.rounds + 1 and accuracy[-1] > accuracy[0], accuracy
 
     images = 0
     for round_number in range(1, args.rounds + 1):
-        checkpoint = read(client, bucket, f"xaitest/round-{round_number:03d}/global_model.safetensors")
+        checkpoint = read(client, bucket, f"{base}/round-{round_number:03d}/global_model.safetensors")
         sha256 = hashlib.sha256(checkpoint).hexdigest()
         assert metrics["rounds"][round_number]["checkpoint_sha256"] == sha256, round_number
         for client_number in range(args.clients):
-            prefix = f"xaitest/round-{round_number:03d}/client-{client_number}"
+            prefix = f"{base}/round-{round_number:03d}/client-{client_number}"
             manifest = json.loads(read(client, bucket, f"{prefix}/explanations.json"))
             labels = [entry["label"] for entry in manifest["images"]]
             assert labels == list(range(10)), (prefix, labels)
@@ -80,21 +87,23 @@ def main() -> None:
             images += len(labels)
         # The aggregator explained the global model and every update on its probe set.
         for folder in ["global", *(f"updates/client-{number}" for number in range(args.clients))]:
-            manifest = json.loads(read(client, bucket, f"xaitest/round-{round_number:03d}/{folder}/explanations.json"))
+            manifest = json.loads(read(client, bucket, f"{base}/round-{round_number:03d}/{folder}/explanations.json"))
             assert [entry["label"] for entry in manifest["images"]] == list(range(10)), (round_number, folder)
         compared = metrics["rounds"][round_number]["comparison"]
         assert sorted(compared["clients"]) == [f"client-{number}" for number in range(args.clients)], compared
     probe_images = args.rounds * (1 + args.clients) * 10
     sys.stdout.write(
-        f"bucket: metrics.json finished, accuracy {accuracy}, {images} heatmaps, {probe_images} of the probe set\n"
+        f"bucket: run {run} finished, accuracy {accuracy}, {images} heatmaps, {probe_images} of the probe set, "
+        f"logs {sorted(logs)}\n"
     )
 
     check = '{"service": "fedxai.v1.Explainer"}'
     health = json.loads(grpcurl(args.explainer, "grpc.health.v1.Health/Check", data=check))
     assert health == {"status": "SERVING"}, health
-    listed = json.loads(grpcurl(args.explainer, "fedxai.v1.Explainer/ListExplanations", data='{"task_id": "xaitest"}'))
-    assert len(listed["explanations"]) == images + probe_images, (len(listed["explanations"]), images, probe_images)
-    trainers_only = '{"task_id": "xaitest", "subjects": ["SUBJECT_CLIENT_EVALUATION"]}'
+    query = json.dumps({"task_id": "xaitest", "run_id": run})
+    explained = json.loads(grpcurl(args.explainer, "fedxai.v1.Explainer/ListExplanations", data=query))
+    assert len(explained["explanations"]) == images + probe_images, (len(explained["explanations"]), images)
+    trainers_only = json.dumps({"task_id": "xaitest", "run_id": run, "subjects": ["SUBJECT_CLIENT_EVALUATION"]})
     explanations = json.loads(grpcurl(args.explainer, "fedxai.v1.Explainer/ListExplanations", data=trainers_only))[
         "explanations"
     ]
@@ -104,9 +113,10 @@ def main() -> None:
         assert response.read() == read(client, bucket, first["key"])
     sys.stdout.write(f"explainer: SERVING, ListExplanations lists {len(explanations)} images, presigned URLs work\n")
 
-    with urllib.request.urlopen(f"http://{args.monitor}/api/tasks/xaitest", timeout=10) as response:
+    with urllib.request.urlopen(f"http://{args.monitor}/api/tasks/xaitest/runs/{run}", timeout=10) as response:
         task = json.loads(response.read())
-    assert task["metrics"]["status"] == "finished"
+    assert task["metrics"]["status"] == "finished" and task["summary"]["state"] == "finished"
+    assert sorted(task["logs"]) == ["flwr-run", "superlink"], task["logs"]
     shown = sum(len(images) for clients in task["gallery"].values() for images in clients.values())
     assert shown == images, (shown, images)
     probe_shown = sum(
@@ -116,7 +126,7 @@ def main() -> None:
     sample = next(iter(next(iter(task["gallery"].values())).values()))[0]["src"]
     with urllib.request.urlopen(f"http://{args.monitor}{sample}", timeout=10) as response:
         assert response.headers["content-type"] == "image/jpeg"
-    sys.stdout.write(f"monitor: the task page's data lists {shown} heatmaps and serves them\n")
+    sys.stdout.write(f"monitor: the run page's data lists {shown} heatmaps and serves them\n")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,13 @@ class ObjectStore(ABC):
     kind: str
 
     @abstractmethod
-    def check(self) -> None:
-        """Verifies the store is usable (creating the bucket or folder if missing)."""
+    def check(self, create: bool = True) -> None:
+        """Verifies the store is usable, creating the bucket or folder if missing
+        and ``create`` (read-only commands pass False and create nothing)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the objects are, as the logs and the command line say it."""
 
     @abstractmethod
     def put(

@@ -1,17 +1,24 @@
 """The key layout every service agrees on.
 
-<task>/metrics.json
-<task>/round-<NNN>/global_model.safetensors
-<task>/round-<NNN>/<client>/gradcam_class_<label>.jpg           the global model on a trainer's samples
-<task>/round-<NNN>/<client>/explanations.json
-<task>/round-<NNN>/global/...                                   the global model on the probe set
-<task>/round-<NNN>/updates/<client>/...                         a client's update on the probe set
+Every run of a task keeps its own folder, named by its run id (UTC start time
+and a random suffix, so that names sort by time and never collide):
+
+<task>/runs/<run>/metrics.json                                        the run's record
+<task>/runs/<run>/logs/<service>.log                                  each process's log, at the end
+<task>/runs/<run>/round-<NNN>/global_model.safetensors
+<task>/runs/<run>/round-<NNN>/<client>/gradcam_class_<label>.jpg      the global model on a trainer's samples
+<task>/runs/<run>/round-<NNN>/<client>/explanations.json
+<task>/runs/<run>/round-<NNN>/global/...                              the global model on the probe set
+<task>/runs/<run>/round-<NNN>/updates/<client>/...                    a client's update on the probe set
+<task>/adhoc/round-<NNN>/<client>/...                                 calls that name no run
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
+from datetime import datetime
 
 from fedxai.errors import InvalidArgument
 
@@ -30,10 +37,13 @@ GLOBAL_DIR = "global"
 UPDATES_DIR = "updates"
 # Folders of a round that are not a client's.
 RESERVED_CLIENT_IDS = (GLOBAL_DIR, UPDATES_DIR)
+RUNS_DIR = "runs"
+ADHOC_DIR = "adhoc"
+LOGS_DIR = "logs"
 
 
 def validate_id(field: str, value: str) -> str:
-    """Task and client ids become key components: letters, digits, '.', '_', '-'."""
+    """Task, run and client ids become key components: letters, digits, '.', '_', '-'."""
     if not _ID.fullmatch(value):
         raise InvalidArgument(
             field,
@@ -64,8 +74,18 @@ def parse_round_dir(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def round_prefix(task_id: str, round_number: int) -> str:
-    return f"{task_id}/{round_dir(round_number)}"
+def new_run_id(now: datetime) -> str:
+    """A run id that sorts by start time: ``20261130-084712-3fa2`` (``now`` in UTC)."""
+    return f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def run_prefix(task_id: str, run_id: str) -> str:
+    """A run's folder; the empty run id is the ad-hoc calls' place."""
+    return f"{task_id}/{RUNS_DIR}/{run_id}" if run_id else f"{task_id}/{ADHOC_DIR}"
+
+
+def round_prefix(task_id: str, run_id: str, round_number: int) -> str:
+    return f"{run_prefix(task_id, run_id)}/{round_dir(round_number)}"
 
 
 @dataclass(frozen=True)
@@ -74,13 +94,14 @@ class Folder:
     "client"), the global model ("global") or a client's update ("update")."""
 
     task_id: str
+    run_id: str  # empty: an ad-hoc call's
     round: int
     subject: str
     client_id: str = ""
 
     @property
     def prefix(self) -> str:
-        base = round_prefix(self.task_id, self.round)
+        base = round_prefix(self.task_id, self.run_id, self.round)
         if self.subject == "global":
             return f"{base}/{GLOBAL_DIR}"
         if self.subject == "update":
@@ -98,21 +119,43 @@ class Folder:
     def of_manifest(cls, key: str) -> Folder | None:
         """The folder of a manifest key, or None when ``key`` is not one."""
         parts = key.split("/")
-        if parts[-1] != MANIFEST_NAME or len(parts) not in (4, 5):
+        if len(parts) < 2 or parts[-1] != MANIFEST_NAME:
             return None
-        round_number = parse_round_dir(parts[1])
+        task_id, rest = parts[0], parts[1:-1]
+        if rest[:1] == [RUNS_DIR] and len(rest) >= 2:
+            run_id, rest = rest[1], rest[2:]
+        elif rest[:1] == [ADHOC_DIR]:
+            run_id, rest = "", rest[1:]
+        else:
+            return None
+        round_number = parse_round_dir(rest[0]) if rest else None
         if round_number is None:
             return None
-        if len(parts) == 5:
-            return cls(parts[0], round_number, "update", parts[3]) if parts[2] == UPDATES_DIR else None
-        if parts[2] == GLOBAL_DIR:
-            return cls(parts[0], round_number, "global")
-        return None if parts[2] == UPDATES_DIR else cls(parts[0], round_number, "client", parts[2])
+        tail = rest[1:]
+        if tail == [GLOBAL_DIR]:
+            return cls(task_id, run_id, round_number, "global")
+        if len(tail) == 2 and tail[0] == UPDATES_DIR:
+            return cls(task_id, run_id, round_number, "update", tail[1])
+        if len(tail) == 1 and tail[0] not in RESERVED_CLIENT_IDS:
+            return cls(task_id, run_id, round_number, "client", tail[0])
+        return None
 
 
-def global_model_key(task_id: str, round_number: int) -> str:
-    return f"{round_prefix(task_id, round_number)}/{GLOBAL_MODEL_NAME}"
+def global_model_key(task_id: str, run_id: str, round_number: int) -> str:
+    return f"{round_prefix(task_id, run_id, round_number)}/{GLOBAL_MODEL_NAME}"
 
 
-def metrics_key(task_id: str) -> str:
-    return f"{task_id}/{METRICS_NAME}"
+def metrics_key(task_id: str, run_id: str) -> str:
+    return f"{run_prefix(task_id, run_id)}/{METRICS_NAME}"
+
+
+def log_key(task_id: str, run_id: str, service: str) -> str:
+    return f"{run_prefix(task_id, run_id)}/{LOGS_DIR}/{service}.log"
+
+
+def parse_metrics_key(key: str) -> tuple[str, str] | None:
+    """(task, run) of a run's metrics key, or None when ``key`` is not one."""
+    parts = key.split("/")
+    if len(parts) == 4 and parts[1] == RUNS_DIR and parts[3] == METRICS_NAME:
+        return parts[0], parts[2]
+    return None

@@ -18,11 +18,18 @@ class LocalStore(ObjectStore):
     def __init__(self, root: Path) -> None:
         self.root = Path(root).resolve()
 
+    def describe(self) -> str:
+        return f"the folder {self.root}"
+
     def _path(self, key: str) -> Path:
         validate_key("key", key)
         return self.root / key
 
-    def check(self) -> None:
+    def check(self, create: bool = True) -> None:
+        if not create:
+            if not self.root.is_dir():
+                raise StoreMisconfigured(f"output folder {self.root} does not exist")
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:

@@ -80,10 +80,15 @@ class S3Store(ObjectStore):
         except MinioException as error:
             raise StoreUnavailable(f"{action} {where} failed: {error}") from None
 
-    def check(self) -> None:
+    def describe(self) -> str:
+        return f"s3://{self.bucket} at {self.settings.endpoint}"
+
+    def check(self, create: bool = True) -> None:
         with self._translated("check"):
             if self.client.bucket_exists(bucket_name=self.bucket):
                 return
+            if not create:
+                raise StoreMisconfigured(f"bucket {self.bucket!r} does not exist at {self.settings.endpoint}")
             try:
                 self.client.make_bucket(bucket_name=self.bucket)
             except S3Error as error:

@@ -107,11 +107,12 @@ class Normalization(_message.Message):
     def __init__(self, mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("task_id", "round", "client_id", "subject", "inline_model", "model_ref", "tensor", "images", "labels", "normalization", "method", "target_layer", "target", "store", "scoring")
+    __slots__ = ("task_id", "round", "client_id", "subject", "run_id", "inline_model", "model_ref", "tensor", "images", "labels", "normalization", "method", "target_layer", "target", "store", "scoring")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     INLINE_MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_REF_FIELD_NUMBER: _ClassVar[int]
     TENSOR_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +128,7 @@ class ExplainRequest(_message.Message):
     round: int
     client_id: str
     subject: Subject
+    run_id: str
     inline_model: InlineModel
     model_ref: ModelRef
     tensor: Tensor
@@ -138,7 +140,7 @@ class ExplainRequest(_message.Message):
     target: TargetClass
     store: bool
     scoring: Scoring
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., subject: _Optional[_Union[Subject, str]] = ..., inline_model: _Optional[_Union[InlineModel, _Mapping]] = ..., model_ref: _Optional[_Union[ModelRef, _Mapping]] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., target_layer: _Optional[str] = ..., target: _Optional[_Union[TargetClass, str]] = ..., store: _Optional[bool] = ..., scoring: _Optional[_Union[Scoring, str]] = ...) -> None: ...
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., subject: _Optional[_Union[Subject, str]] = ..., run_id: _Optional[str] = ..., inline_model: _Optional[_Union[InlineModel, _Mapping]] = ..., model_ref: _Optional[_Union[ModelRef, _Mapping]] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., target_layer: _Optional[str] = ..., target: _Optional[_Union[TargetClass, str]] = ..., store: _Optional[bool] = ..., scoring: _Optional[_Union[Scoring, str]] = ...) -> None: ...
 
 class SampleExplanation(_message.Message):
     __slots__ = ("index", "true_label", "predicted_class", "probability", "explained_class", "cam_max", "cam_mean", "degenerate", "cam_height", "cam_width", "cam", "method", "weak")
@@ -255,16 +257,20 @@ class ExplainResponse(_message.Message):
     def __init__(self, samples: _Optional[_Iterable[_Union[SampleExplanation, _Mapping]]] = ..., images: _Optional[_Iterable[_Union[ClassImage, _Mapping]]] = ..., manifest_key: _Optional[str] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ..., sanity: _Optional[_Union[SanityCheck, _Mapping]] = ..., replacement: _Optional[str] = ...) -> None: ...
 
 class ListExplanationsRequest(_message.Message):
-    __slots__ = ("task_id", "round", "client_id", "subjects")
+    __slots__ = ("task_id", "round", "client_id", "subjects", "run_id", "adhoc")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECTS_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    ADHOC_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     client_id: str
     subjects: _containers.RepeatedScalarFieldContainer[Subject]
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., subjects: _Optional[_Iterable[_Union[Subject, str]]] = ...) -> None: ...
+    run_id: str
+    adhoc: bool
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., subjects: _Optional[_Iterable[_Union[Subject, str]]] = ..., run_id: _Optional[str] = ..., adhoc: _Optional[bool] = ...) -> None: ...
 
 class Comparison(_message.Message):
     __slots__ = ("distance_to_global", "distance_to_clients", "z_score", "flagged", "drift")
@@ -281,7 +287,7 @@ class Comparison(_message.Message):
     def __init__(self, distance_to_global: _Optional[float] = ..., distance_to_clients: _Optional[float] = ..., z_score: _Optional[float] = ..., flagged: _Optional[bool] = ..., drift: _Optional[float] = ...) -> None: ...
 
 class StoredExplanation(_message.Message):
-    __slots__ = ("key", "url", "task_id", "round", "client_id", "label", "predicted_class", "probability", "method", "target_layer", "model_sha256", "cam_max", "cam_mean", "degenerate", "created_at", "weak", "faithfulness", "sanity_spearman", "sanity_passed", "subject", "comparison")
+    __slots__ = ("key", "url", "task_id", "round", "client_id", "label", "predicted_class", "probability", "method", "target_layer", "model_sha256", "cam_max", "cam_mean", "degenerate", "created_at", "weak", "faithfulness", "sanity_spearman", "sanity_passed", "subject", "comparison", "run_id")
     KEY_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -303,6 +309,7 @@ class StoredExplanation(_message.Message):
     SANITY_PASSED_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_FIELD_NUMBER: _ClassVar[int]
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
     key: str
     url: str
     task_id: str
@@ -324,7 +331,8 @@ class StoredExplanation(_message.Message):
     sanity_passed: bool
     subject: Subject
     comparison: Comparison
-    def __init__(self, key: _Optional[str] = ..., url: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., label: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ..., cam_max: _Optional[float] = ..., cam_mean: _Optional[float] = ..., degenerate: _Optional[bool] = ..., created_at: _Optional[str] = ..., weak: _Optional[bool] = ..., faithfulness: _Optional[_Iterable[_Union[Faithfulness, _Mapping]]] = ..., sanity_spearman: _Optional[float] = ..., sanity_passed: _Optional[bool] = ..., subject: _Optional[_Union[Subject, str]] = ..., comparison: _Optional[_Union[Comparison, _Mapping]] = ...) -> None: ...
+    run_id: str
+    def __init__(self, key: _Optional[str] = ..., url: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., label: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ..., cam_max: _Optional[float] = ..., cam_mean: _Optional[float] = ..., degenerate: _Optional[bool] = ..., created_at: _Optional[str] = ..., weak: _Optional[bool] = ..., faithfulness: _Optional[_Iterable[_Union[Faithfulness, _Mapping]]] = ..., sanity_spearman: _Optional[float] = ..., sanity_passed: _Optional[bool] = ..., subject: _Optional[_Union[Subject, str]] = ..., comparison: _Optional[_Union[Comparison, _Mapping]] = ..., run_id: _Optional[str] = ...) -> None: ...
 
 class ListExplanationsResponse(_message.Message):
     __slots__ = ("explanations",)

@@ -41,6 +41,7 @@ def probe_request(
 ) -> pb.ExplainRequest:
     return pb.ExplainRequest(
         task_id=task.task_name,
+        run_id=task.run_id,
         round=round_number,
         client_id=client_id,
         subject=subject,

@@ -1,6 +1,6 @@
-"""Everything the aggregator keeps about a run: global checkpoints and
-``<task>/metrics.json``, rewritten after every round and whenever a round's
-comparisons of explanations come in."""
+"""Everything the aggregator keeps about a run: global checkpoints and the run's
+``metrics.json``, rewritten after every round and whenever a round's comparisons
+of explanations come in."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from concurrent.futures import Future, wait
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import FedAvg
 from fedxai import learning
 from fedxai.data import Dataset
 from fedxai.models import Architecture
+from fedxai.records import RoundRecord, RunRecord, RunStatus
 from fedxai.storage import ObjectStore
 from fedxai.storage.layout import global_model_key, metrics_key
 from fedxai.task import TaskConfig
@@ -68,12 +69,15 @@ class RunRecorder:
         self.arch = arch
         self.test_data = test_data
         self.round_started = time.monotonic()
-        self.document: dict[str, Any] = {
+        self.document: RunRecord = {
             "task": task.task_name,
+            "run_id": task.run_id,
             "status": "running",
             "num_rounds": task.num_server_rounds,
             "started_at": _now(),
             "updated_at": _now(),
+            "finished_at": None,
+            "reason": None,  # why a failed run failed
             "config": task.to_run_config(),
             "rounds": [],
         }
@@ -118,8 +122,13 @@ class RunRecorder:
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> tuple[str, str]:
         """Stores the round's global model, once; returns its key and SHA-256."""
         if server_round not in self._checkpoints:
-            key = global_model_key(self.task.task_name, server_round)
-            metadata = {"architecture": self.arch.name, "task": self.task.task_name, "round": str(server_round)}
+            key = global_model_key(self.task.task_name, self.task.run_id, server_round)
+            metadata = {
+                "architecture": self.arch.name,
+                "task": self.task.task_name,
+                "run": self.task.run_id,
+                "round": str(server_round),
+            }
             data = encode_state_dict(arrays.to_torch_state_dict(), metadata)
             self.store.put(key, data, "application/octet-stream", metadata=metadata)
             self._checkpoints[server_round] = (key, sha256_hex(data))
@@ -141,13 +150,15 @@ class RunRecorder:
             entry.update(self._pending)
             self._pending = {}
         with self._lock:
-            self.document["rounds"].append(entry)
+            self.document["rounds"].append(cast(RoundRecord, entry))
             self._write()
         return MetricRecord({"accuracy": scores.accuracy, "loss": scores.loss})
 
-    def finish(self, status: str, queued: int = 0) -> None:
+    def finish(self, status: RunStatus, queued: int = 0, reason: str | None = None) -> None:
         with self._lock:
             self.document["status"] = status
+            self.document["finished_at"] = _now()
+            self.document["reason"] = reason
             if "probe" in self.document:
                 self.document["probe"]["queued"] = queued
             self._write()
@@ -159,7 +170,7 @@ class RunRecorder:
                 if entry["round"] in self._comparisons:
                     entry["comparison"] = self._comparisons[entry["round"]]
             data = json.dumps(self.document, indent=2).encode()
-            self.store.put(metrics_key(self.task.task_name), data, "application/json")
+            self.store.put(metrics_key(self.task.task_name, self.task.run_id), data, "application/json")
 
 
 class RecordingFedAvg(FedAvg):
@@ -221,6 +232,7 @@ class RecordingFedAvg(FedAvg):
         # Trainers evaluate exactly this model: they can name its checkpoint to
         # the explainer instead of sending the weights.
         config["checkpoint-key"], config["checkpoint-sha256"] = self.recorder.checkpoint(server_round, arrays)
+        config["run-id"] = self.recorder.task.run_id  # where their explanations go
         return super().configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round, replies):  # type: ignore[no-untyped-def]

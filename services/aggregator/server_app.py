@@ -4,17 +4,22 @@ and every client's update explained on the probe set and compared."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from datetime import UTC, datetime
+from logging import INFO
 from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context
+from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedxai.data import Dataset, load_pool, probe_set
 from fedxai.models import ARCHITECTURES, Architecture
 from fedxai.settings import StorageSettings
 from fedxai.storage import open_store
+from fedxai.storage.layout import new_run_id
 from fedxai.task import TaskConfig
 from services.aggregator.probe import ProbeExplainer, RoundMaps
 from services.aggregator.recorder import RecordingFedAvg, RunRecorder
@@ -45,8 +50,11 @@ def _probe_explainer(task: TaskConfig, arch: Architecture, probe: Dataset, recor
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     task = TaskConfig.from_run_config(context.run_config)
+    if not task.run_id:  # `fedxai run` names its runs; a bare `flwr run` does not
+        task = dataclasses.replace(task, run_id=new_run_id(datetime.now(UTC)))
     store = open_store(StorageSettings.from_env(os.environ))
     store.check()
+    log(INFO, "run %s of task %s, storage: %s", task.run_id, task.task_name, store.describe())
     arch = ARCHITECTURES[task.architecture]
     pool = load_pool(task.data_dir, task.test_fraction, task.seed, task.max_samples)
     recorder = RunRecorder(store, task, arch, pool.test)
@@ -74,8 +82,9 @@ def main(grid: Grid, context: Context) -> None:
             num_rounds=task.num_server_rounds,
             evaluate_fn=recorder.evaluate_global,
         )
-    except BaseException:
-        recorder.finish("failed")  # the monitor and `fedxai run` read the status
+    except BaseException as error:
+        # The monitor and `fedxai run` read the status and the reason.
+        recorder.finish("failed", reason=f"{type(error).__name__}: {error}")
         raise
     finally:
         queued = probe.close() if probe is not None else 0

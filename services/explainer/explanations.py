@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import threading
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 import cv2
 import numpy as np
@@ -22,8 +24,9 @@ import torch
 from fedxai import __version__
 from fedxai.errors import InvalidArgument
 from fedxai.models import ARCHITECTURES
+from fedxai.records import Manifest, ManifestImage, Subject
 from fedxai.storage import ObjectStore, read_document
-from fedxai.storage.layout import Folder, metrics_key, round_prefix, validate_id
+from fedxai.storage.layout import Folder, metrics_key, round_prefix, run_prefix, validate_id
 from fedxai.v1 import explainer_pb2 as pb
 from services.explainer import quality
 from services.explainer.cam import ALL_METHODS, METHODS, CamResult, normalise, target_layers, upsample
@@ -301,13 +304,15 @@ class DrawingContext:
             warning = warning or not sanity.passed
         return Caption(title, detail, warning)
 
-    def manifest_entry(self, image: pb.ClassImage) -> dict:
+    def manifest_entry(self, image: pb.ClassImage) -> ManifestImage:
         job = self.job
         sample = self.samples[image.sample_index]
-        entry = {
+        entry: ManifestImage = {
             "key": image.key,
             "label": image.label,
             "sample_index": image.sample_index,
+            # Which input it is: the page tells when a class's sample changes between rounds.
+            "sample_sha256": hashlib.sha256(job.pixels[image.sample_index].numpy().tobytes()).hexdigest(),
             "predicted_class": image.predicted_class,
             "probability": round(image.probability, 6),
             "explained_class": sample.explained_class,
@@ -343,24 +348,25 @@ class DrawingContext:
 
 class _Comparisons:
     """The aggregator's comparisons of probe-set maps (``comparison`` of each round in
-    ``<task>/metrics.json``), read once per task while listing."""
+    the run's ``metrics.json``), read once per run while listing."""
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
-        self._rounds: dict[str, dict[int, dict]] = {}
+        self._rounds: dict[tuple[str, str], dict[int, dict]] = {}
 
     def of(self, folder: Folder, label: int) -> pb.Comparison | None:
-        if folder.subject == "client":
+        if folder.subject == "client" or not folder.run_id:
             return None
-        if folder.task_id not in self._rounds:
-            document = read_document(self.store, metrics_key(folder.task_id)) or {}
+        run = (folder.task_id, folder.run_id)
+        if run not in self._rounds:
+            document = read_document(self.store, metrics_key(*run)) or {}
             rounds = document.get("rounds", [])
-            self._rounds[folder.task_id] = {
+            self._rounds[run] = {
                 entry["round"]: entry["comparison"]
                 for entry in rounds
                 if isinstance(entry, dict) and isinstance(entry.get("comparison"), dict) and "round" in entry
             }
-        compared = self._rounds[folder.task_id].get(folder.round)
+        compared = self._rounds[run].get(folder.round)
         if compared is None:
             return None
         figures = (
@@ -452,7 +458,7 @@ class ExplanationService:
                 )
                 for part in range(parts)
             ]
-            kept: list[Future[tuple[pb.ClassImage, dict | None]]] = []
+            kept: list[Future[tuple[pb.ClassImage, ManifestImage | None]]] = []
             for drawing in as_completed(drawings):
                 # One task a picture: S3 uploads wait on the network, not on a core.
                 kept += [self._image_workers.submit(self._keep, context, *pair) for pair in drawing.result()]
@@ -472,7 +478,9 @@ class ExplanationService:
         pictures = render_explanations(pixels, heat, captions, blank)
         return [(image, encode_jpeg(picture)) for image, picture in zip(images, pictures, strict=True)]
 
-    def _keep(self, context: DrawingContext, image: pb.ClassImage, jpeg: bytes) -> tuple[pb.ClassImage, dict | None]:
+    def _keep(
+        self, context: DrawingContext, image: pb.ClassImage, jpeg: bytes
+    ) -> tuple[pb.ClassImage, ManifestImage | None]:
         """Stores one class's picture (returning its manifest entry), or attaches it to the reply."""
         job = context.job
         if not job.store:
@@ -492,17 +500,18 @@ class ExplanationService:
         key = job.folder.manifest_key
         return self._manifest_locks[zlib.crc32(key.encode()) % len(self._manifest_locks)]
 
-    def _write_manifest(self, job: ExplainJob, entries: list[dict], context: DrawingContext) -> str:
+    def _write_manifest(self, job: ExplainJob, entries: list[ManifestImage], context: DrawingContext) -> str:
         """Writes the manifest, keeping entries of classes this call did not redraw.
         The sanity check is the latest call's."""
         key = job.folder.manifest_key
         previous = read_document(self.store, key) or {}
         redrawn = {entry["label"] for entry in entries}
         kept = [e for e in previous.get("images", []) if e.get("label") not in redrawn]
-        manifest = {
+        manifest: Manifest = {
             "task_id": job.folder.task_id,
+            "run_id": job.folder.run_id,
             "round": job.folder.round,
-            "subject": job.folder.subject,
+            "subject": cast(Subject, job.folder.subject),
             "client_id": job.folder.client_id,
             "images": sorted(kept + entries, key=lambda entry: entry["label"]),
         }
@@ -529,13 +538,20 @@ class ExplanationService:
             validate_id("task_id", request.task_id)
         if request.client_id:
             validate_id("client_id", request.client_id)
+        if request.run_id:
+            validate_id("run_id", request.run_id)
+            if request.adhoc:
+                raise InvalidArgument("adhoc", "ad-hoc calls belong to no run: leave run_id empty")
         unknown = [value for value in request.subjects if value not in SUBJECTS]
         if unknown:
             raise InvalidArgument("subjects", f"unknown subject {unknown[0]}")
         subjects = {SUBJECTS[value] for value in request.subjects}
         has_round = request.HasField("round")
-        if request.task_id and has_round:
-            prefix = round_prefix(request.task_id, request.round) + "/"
+        one_place = request.task_id and (request.run_id or request.adhoc)
+        if one_place and has_round:
+            prefix = round_prefix(request.task_id, request.run_id, request.round) + "/"
+        elif one_place:
+            prefix = run_prefix(request.task_id, request.run_id) + "/"
         elif request.task_id:
             prefix = request.task_id + "/"
         else:
@@ -548,7 +564,9 @@ class ExplanationService:
             if folder is None:
                 continue
             if (
-                (has_round and folder.round != request.round)
+                (request.run_id and folder.run_id != request.run_id)
+                or (request.adhoc and folder.run_id)
+                or (has_round and folder.round != request.round)
                 or (request.client_id and folder.client_id != request.client_id)
                 or (subjects and folder.subject not in subjects)
             ):
@@ -571,6 +589,7 @@ class ExplanationService:
             key=entry["key"],
             url=self.store.url(entry["key"]),
             task_id=folder.task_id,
+            run_id=folder.run_id,
             round=folder.round,
             client_id=folder.client_id,
             subject=SUBJECT_VALUES[folder.subject],

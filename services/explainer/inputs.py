@@ -72,6 +72,8 @@ def parse_explain_request(
     # Ids become storage keys; they only matter when something is stored.
     if request.store or request.task_id:
         validate_id("task_id", request.task_id)
+    if request.run_id:
+        validate_id("run_id", request.run_id)
     subject = SUBJECTS.get(request.subject)
     if subject is None:
         raise InvalidArgument("subject", f"unknown subject {request.subject}")
@@ -102,7 +104,7 @@ def parse_explain_request(
     labels = _labels(request, len(pixels), model.architecture.num_classes)
     mean, std = _normalisation(request.normalization, model.architecture)
     return ExplainJob(
-        folder=Folder(request.task_id, request.round, subject, request.client_id),
+        folder=Folder(request.task_id, request.run_id, request.round, subject, request.client_id),
         model=model,
         pixels=pixels,
         labels=labels,

@@ -53,6 +53,8 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
+            # gRPC shares a port with any process that listens on it already: refuse instead.
+            ("grpc.so_reuseport", 0),
         ],
         # Beyond this, calls are refused (RESOURCE_EXHAUSTED) instead of queueing large messages in memory.
         maximum_concurrent_rpcs=4 * settings.workers,
@@ -90,7 +92,7 @@ def serve(settings: ExplainerSettings, store: ObjectStore) -> None:
     running = create_server(settings, store)
     host = settings.address.rpartition(":")[0]
     security = "TLS" if settings.tls_cert_file else "plaintext"
-    log.info("explainer serving on %s:%d (%s), storage: %s", host, running.port, security, store.kind)
+    log.info("explainer serving on %s:%d (%s), storage: %s", host, running.port, security, store.describe())
 
     stop_requested = threading.Event()
 

@@ -1,29 +1,43 @@
-"""A read-only web page over the store: tasks, per-round metrics as charts, and
-the heatmaps of every round, client and class with what the explainer measured
-of them (blank or weak maps, deletion scores of every method, the sanity check).
+"""A read-only web page over the store: each task's runs, newest first, and for a
+run its settings, per-round metrics as charts (overall and per client), the
+comparisons across the federation, and the heatmaps of every round, client and
+class with what the explainer measured of them.
 
 Everything is read through the ``ObjectStore`` interface (a local folder or
-S3/MinIO); images are streamed by this server, so a browser needs no access to
-the store. Only GET and HEAD are routed: nothing can be written through it.
+S3/MinIO); images, manifests, checkpoints and logs are streamed by this server,
+so a browser needs no access to the store. Only GET and HEAD are routed:
+nothing can be written through it.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from fedxai.errors import InvalidArgument, ObjectNotFound
+from fedxai.records import duration_seconds, format_duration, run_state, seconds_per_round
 from fedxai.storage import ObjectStore, read_document
-from fedxai.storage.layout import GLOBAL_DIR, METRICS_NAME, Folder, metrics_key, validate_id
+from fedxai.storage.layout import (
+    GLOBAL_DIR,
+    LOGS_DIR,
+    UPDATES_DIR,
+    Folder,
+    global_model_key,
+    metrics_key,
+    parse_metrics_key,
+    run_prefix,
+    validate_id,
+)
 
 HERE = Path(__file__).resolve().parent
 _IMAGE_NAME = re.compile(r"gradcam_class_\d{1,4}\.jpg")
@@ -49,32 +63,58 @@ def _records(value: Any) -> list[dict[str, Any]] | None:
     return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else None
 
 
+def _summary(task: str, run: str, document: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """What the index and a run's page header say of a run."""
+    rounds = [r for r in document.get("rounds", []) if isinstance(r, dict) and r.get("round", 0) > 0]
+    last = rounds[-1].get("global", {}).get("accuracy") if rounds else None
+    return {
+        "task": task,
+        "run": run,
+        "state": run_state(document, now),
+        "reason": document.get("reason"),
+        "rounds": len(rounds),
+        "num_rounds": document.get("num_rounds"),
+        "accuracy": last,
+        "started_at": document.get("started_at", ""),
+        "updated_at": document.get("updated_at", ""),
+        "finished_at": document.get("finished_at"),
+        "seconds_per_round": seconds_per_round(document),
+        "duration_seconds": duration_seconds(document, now),
+    }
+
+
 class Monitor:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
 
-    def tasks(self) -> list[dict[str, Any]]:
-        found = []
+    def tasks(self) -> dict[str, list[dict[str, Any]]]:
+        """Every task's runs, newest first (run ids sort by start time)."""
+        now = datetime.now(UTC)
+        found: dict[str, list[dict[str, Any]]] = {}
         for info in self.store.list():
-            parts = info.key.split("/")
-            if len(parts) == 2 and parts[1] == METRICS_NAME:
-                document = read_document(self.store, info.key) or {}
-                rounds = [r for r in document.get("rounds", []) if r.get("round", 0) > 0]
-                last = rounds[-1]["global"]["accuracy"] if rounds else None
-                found.append(
-                    {
-                        "task": parts[0],
-                        "status": document.get("status", "unknown"),
-                        "rounds": len(rounds),
-                        "num_rounds": document.get("num_rounds"),
-                        "accuracy": last,
-                        "updated_at": document.get("updated_at", ""),
-                    }
-                )
-        return found
+            run = parse_metrics_key(info.key)
+            document = read_document(self.store, info.key) if run is not None else None
+            if run is not None and document is not None:
+                found.setdefault(run[0], []).append(_summary(*run, document, now))
+        return {task: sorted(runs, key=lambda r: r["run"], reverse=True) for task, runs in sorted(found.items())}
 
-    def task(self, task: str) -> dict[str, Any]:
-        """The metrics document and the gallery index of one task.
+    def runs(self, task: str) -> list[dict[str, Any]]:
+        _checked_id("task", task)
+        runs = self.tasks().get(task)
+        if not runs:
+            raise _not_found(f"no task {task!r}")
+        return runs
+
+    def metrics(self, task: str, run: str) -> dict[str, Any]:
+        _checked_id("task", task)
+        _checked_id("run", run)
+        document = read_document(self.store, metrics_key(task, run))
+        if document is None:
+            raise _not_found(f"no run {run!r} of task {task!r}")
+        return document
+
+    def run(self, task: str, run: str) -> dict[str, Any]:
+        """A run's record, its logs and the gallery index.
 
         ``gallery[round][client]`` lists the manifest's images with their scores
         (deletion gaps of every method, the sanity check of the drawn method, why
@@ -87,14 +127,16 @@ class Monitor:
         client's update (``updates[client]``), in the gallery's form; the
         comparisons are in the metrics, under each round's ``comparison``.
         """
-        _checked_id("task", task)
-        metrics = read_document(self.store, metrics_key(task))
-        if metrics is None:
-            raise _not_found(f"no task {task!r}")
+        metrics = self.metrics(task, run)
         gallery: dict[str, dict[str, list[dict[str, Any]]]] = {}
         quality: dict[str, dict[str, dict[str, Any]]] = {}
         probe: dict[str, dict[str, Any]] = {}
-        for info in self.store.list(f"{task}/"):
+        logs: list[str] = []
+        logs_prefix = f"{run_prefix(task, run)}/{LOGS_DIR}/"
+        for info in self.store.list(f"{run_prefix(task, run)}/"):
+            if info.key.startswith(logs_prefix) and info.key.endswith(".log"):
+                logs.append(info.key.removeprefix(logs_prefix).removesuffix(".log"))
+                continue
             folder = Folder.of_manifest(info.key)
             manifest = read_document(self.store, info.key) if folder is not None else None
             if folder is None or manifest is None:
@@ -110,23 +152,64 @@ class Monitor:
             checks = {"replacement": manifest.get("replacement"), "sanity": _record(manifest.get("sanity"))}
             if folder.subject == "client" and any(value is not None for value in checks.values()):
                 quality.setdefault(round_key, {})[folder.client_id] = checks
-        return {"task": task, "metrics": metrics, "gallery": gallery, "quality": quality, "probe": probe}
+        return {
+            "task": task,
+            "run": run,
+            "summary": _summary(task, run, metrics, datetime.now(UTC)),
+            "metrics": metrics,
+            "logs": sorted(logs),
+            "gallery": gallery,
+            "quality": quality,
+            "probe": probe,
+        }
+
+    def read(self, key: str, what: str) -> bytes:
+        try:
+            return self.store.get(key)
+        except ObjectNotFound:
+            raise _not_found(f"no {what}") from None
 
     def image(self, folder: Folder, name: str) -> bytes:
-        _checked_id("task", folder.task_id)
-        if folder.client_id:
-            _checked_id("client", folder.client_id)
+        self._check_folder(folder)
         if not _IMAGE_NAME.fullmatch(name):
             raise _not_found(f"no image {name!r}")
-        try:
-            return self.store.get(f"{folder.prefix}/{name}")
-        except ObjectNotFound:
-            raise _not_found(f"no image {name!r} in {folder.prefix}") from None
+        return self.read(f"{folder.prefix}/{name}", f"image {name!r} in {folder.prefix}")
+
+    def manifest(self, folder: Folder) -> bytes:
+        self._check_folder(folder)
+        return self.read(folder.manifest_key, f"manifest in {folder.prefix}")
+
+    def checkpoint(self, task: str, run: str, round_number: int) -> bytes:
+        _checked_id("task", task)
+        _checked_id("run", run)
+        return self.read(global_model_key(task, run, round_number), f"checkpoint of round {round_number}")
+
+    def log(self, task: str, run: str, service: str) -> bytes:
+        _checked_id("task", task)
+        _checked_id("run", run)
+        _checked_id("service", service)
+        return self.read(f"{run_prefix(task, run)}/{LOGS_DIR}/{service}.log", f"log of {service!r}")
+
+    @staticmethod
+    def _check_folder(folder: Folder) -> None:
+        _checked_id("task", folder.task_id)
+        _checked_id("run", folder.run_id)
+        if folder.client_id:
+            _checked_id("client", folder.client_id)
+
+
+def _folder_path(folder: Folder) -> str:
+    """A folder as the page's URLs name it: /<task>/<run>/<round>/<client, global or updates/client>."""
+    where = {"client": folder.client_id, "global": GLOBAL_DIR, "update": f"{UPDATES_DIR}/{folder.client_id}"}
+    return f"/{folder.task_id}/{folder.run_id}/{folder.round}/{where[folder.subject]}"
 
 
 def _gallery_entry(entry: dict[str, Any], folder: Folder) -> dict[str, Any]:
-    """What the page shows of one manifest entry."""
-    path = {"client": folder.client_id, "global": GLOBAL_DIR, "update": f"updates/{folder.client_id}"}[folder.subject]
+    """What the page shows of one manifest entry, with links to what it came from."""
+    path = _folder_path(folder)
+    checkpoint = None
+    if folder.subject != "update":  # an update's weights are not kept
+        checkpoint = f"/checkpoints/{folder.task_id}/{folder.run_id}/{folder.round}"
     return {
         "label": entry.get("label"),
         "predicted_class": entry.get("predicted_class"),
@@ -140,37 +223,77 @@ def _gallery_entry(entry: dict[str, Any], folder: Folder) -> dict[str, Any]:
         "sanity_spearman": entry.get("sanity_spearman"),
         "sanity_passed": entry.get("sanity_passed"),
         "selection": _record(entry.get("selection")),
-        "src": f"/images/{folder.task_id}/{folder.round}/{path}/{Path(str(entry.get('key', ''))).name}",
+        "sample_sha256": entry.get("sample_sha256"),
+        "key": entry.get("key"),
+        "src": f"/images{path}/{Path(str(entry.get('key', ''))).name}",
+        "manifest": f"/manifests{path}",
+        "checkpoint": checkpoint,
     }
+
+
+def _folder(p: dict[str, Any], updates: bool = False) -> Folder:
+    if updates:
+        return Folder(p["task"], p["run"], p["round"], "update", p["client"])
+    if p["client"] == GLOBAL_DIR:
+        return Folder(p["task"], p["run"], p["round"], "global")
+    return Folder(p["task"], p["run"], p["round"], "client", p["client"])
 
 
 def create_app(store: ObjectStore) -> Starlette:
     monitor = Monitor(store)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
+    templates.env.filters["duration"] = format_duration
+    cached = {"Cache-Control": "max-age=60"}
 
     async def index(request: Request) -> Response:
         return templates.TemplateResponse(request, "index.html", {"tasks": monitor.tasks()})
 
     async def task_page(request: Request) -> Response:
         task = request.path_params["task"]
-        monitor.task(task)  # 404 before rendering anything
-        return templates.TemplateResponse(request, "task.html", {"task": task})
+        newest = monitor.runs(task)[0]["run"]
+        return RedirectResponse(f"/tasks/{task}/runs/{newest}", status_code=307)
 
-    async def task_api(request: Request) -> Response:
-        return JSONResponse(monitor.task(request.path_params["task"]))
+    async def run_page(request: Request) -> Response:
+        p = request.path_params
+        monitor.metrics(p["task"], p["run"])  # 404 before rendering anything
+        return templates.TemplateResponse(request, "run.html", {"task": p["task"], "run": p["run"]})
+
+    async def runs_api(request: Request) -> Response:
+        return JSONResponse(monitor.runs(request.path_params["task"]))
+
+    async def run_api(request: Request) -> Response:
+        return JSONResponse(monitor.run(request.path_params["task"], request.path_params["run"]))
+
+    async def metrics_api(request: Request) -> Response:
+        return JSONResponse(monitor.metrics(request.path_params["task"], request.path_params["run"]))
 
     async def image(request: Request) -> Response:
-        p = request.path_params
-        subject = "global" if p["client"] == GLOBAL_DIR else "client"
-        data = monitor.image(
-            Folder(p["task"], p["round"], subject, "" if subject == "global" else p["client"]), p["name"]
-        )
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
+        data = monitor.image(_folder(request.path_params), request.path_params["name"])
+        return Response(data, media_type="image/jpeg", headers=cached)
 
     async def update_image(request: Request) -> Response:
+        data = monitor.image(_folder(request.path_params, updates=True), request.path_params["name"])
+        return Response(data, media_type="image/jpeg", headers=cached)
+
+    async def manifest(request: Request) -> Response:
+        return Response(monitor.manifest(_folder(request.path_params)), media_type="application/json")
+
+    async def update_manifest(request: Request) -> Response:
+        data = monitor.manifest(_folder(request.path_params, updates=True))
+        return Response(data, media_type="application/json")
+
+    async def checkpoint(request: Request) -> Response:
         p = request.path_params
-        data = monitor.image(Folder(p["task"], p["round"], "update", p["client"]), p["name"])
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "max-age=60"})
+        name = f"{p['task']}-{p['run']}-round-{p['round']}.safetensors"
+        return Response(
+            monitor.checkpoint(p["task"], p["run"], p["round"]),
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    async def log(request: Request) -> Response:
+        p = request.path_params
+        return Response(monitor.log(p["task"], p["run"], p["service"]), media_type="text/plain; charset=utf-8")
 
     async def not_found(request: Request, error: Exception) -> Response:
         detail = getattr(error, "detail", "not found")
@@ -179,13 +302,21 @@ def create_app(store: ObjectStore) -> Starlette:
             request, "error.html", {"status": status, "detail": detail}, status_code=status
         )
 
+    folder = "{task}/{run}/{round:int}"
     return Starlette(
         routes=[
             Route("/", index),
             Route("/tasks/{task}", task_page),
-            Route("/api/tasks/{task}", task_api),
-            Route("/images/{task}/{round:int}/{client}/{name}", image),
-            Route("/images/{task}/{round:int}/updates/{client}/{name}", update_image),
+            Route("/tasks/{task}/runs/{run}", run_page),
+            Route("/api/tasks/{task}/runs", runs_api),
+            Route("/api/tasks/{task}/runs/{run}", run_api),
+            Route("/api/tasks/{task}/runs/{run}/metrics", metrics_api),
+            Route(f"/images/{folder}/{{client}}/{{name}}", image),
+            Route(f"/images/{folder}/{UPDATES_DIR}/{{client}}/{{name}}", update_image),
+            Route(f"/manifests/{folder}/{{client}}", manifest),
+            Route(f"/manifests/{folder}/{UPDATES_DIR}/{{client}}", update_manifest),
+            Route("/checkpoints/{task}/{run}/{round:int}", checkpoint),
+            Route("/logs/{task}/{run}/{service}", log),
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         exception_handlers={404: not_found, 405: not_found},

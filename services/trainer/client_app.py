@@ -117,6 +117,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     if task.xai_enabled:
         request = build_request(
             task_id=task.task_name,
+            # The aggregator names the run when `flwr run` left it unnamed.
+            run_id=str(config.get("run-id", task.run_id)),
             round_number=server_round,
             client_id=node.client_id,
             arch=arch,

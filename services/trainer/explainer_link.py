@@ -21,6 +21,7 @@ def samples_per_class(labels: np.ndarray, per_class: int) -> np.ndarray:
 def build_request(
     *,
     task_id: str,
+    run_id: str,
     round_number: int,
     client_id: str,
     arch: Architecture,
@@ -36,6 +37,7 @@ def build_request(
     scoring = pb.SCORING_IN_REPLY if method == pb.CAM_METHOD_AUTO else pb.SCORING_AFTER_REPLY
     return pb.ExplainRequest(
         task_id=task_id,
+        run_id=run_id,
         round=round_number,
         client_id=client_id,
         inline_model=pb.InlineModel(

@@ -1,0 +1,2 @@
+"""The ``fedxai`` command: every service behind one entry point, and ``fedxai run``,
+which starts them all on one machine."""
