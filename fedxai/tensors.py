@@ -20,6 +20,10 @@ from fedxai.errors import InvalidArgument
 from fedxai.v1 import explainer_pb2 as pb
 
 _NUMPY_DTYPES: dict[pb.DType, np.dtype] = {pb.DTYPE_FLOAT32: np.dtype("<f4"), pb.DTYPE_UINT8: np.dtype("u1")}
+# Bounds on a safetensors header, checked before the library builds anything:
+# the models here have a few dozen tensors and a header of a few kilobytes.
+MAX_HEADER_BYTES = 1 << 20
+MAX_TENSORS = 1024
 
 
 def tensor_to_proto(array: np.ndarray) -> pb.Tensor:
@@ -55,22 +59,38 @@ def encode_state_dict(state_dict: dict[str, torch.Tensor], metadata: dict[str, s
     return save_safetensors(tensors, metadata=metadata)
 
 
-def safetensors_metadata(data: bytes) -> dict[str, str]:
-    """Reads the ``__metadata__`` of a safetensors blob from its JSON header."""
+def safetensors_header(data: bytes, field: str) -> dict:
+    """The JSON header of a safetensors blob, refused when it is larger, deeper or
+    holds more tensors than a model's does."""
     if len(data) < 8:
-        return {}
+        raise InvalidArgument(field, "not valid safetensors (shorter than its header length)")
     (header_len,) = struct.unpack("<Q", data[:8])
+    if header_len > min(MAX_HEADER_BYTES, len(data) - 8):
+        raise InvalidArgument(field, f"not valid safetensors (a header of {header_len} bytes)")
     try:
         header = json.loads(data[8 : 8 + header_len])
+    except RecursionError:
+        raise InvalidArgument(field, "its header nests deeper than safetensors does") from None
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return {}
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+        raise InvalidArgument(field, "not valid safetensors (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise InvalidArgument(field, "not valid safetensors (its header is not a JSON object)")
+    tensors = len(header) - ("__metadata__" in header)
+    if tensors > MAX_TENSORS:
+        raise InvalidArgument(field, f"{tensors} tensors, more than the {MAX_TENSORS} a model may have")
+    return header
+
+
+def safetensors_metadata(data: bytes, field: str) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob, from its checked header."""
+    metadata = safetensors_header(data, field).get("__metadata__")
     return metadata if isinstance(metadata, dict) else {}
 
 
 def decode_state_dict(data: bytes, field: str) -> dict[str, torch.Tensor]:
     if not data:
         raise InvalidArgument(field, "is empty")
+    safetensors_header(data, field)
     try:
         state = load_safetensors(data)
     except SafetensorError as error:

@@ -157,7 +157,7 @@ BAD_REQUESTS = [
         "undecodable image",
         lambda r, w: r.images.images.extend([b"GIF89a not really"] * 4),
         INVALID,
-        "images.images[0]: not a decodable PNG or JPEG image",
+        "images.images[0]: is neither PNG nor JPEG, the formats the explainer decodes",
     ),
     (
         "image size",

@@ -58,6 +58,18 @@ def wait_until_gone(work: Path, timeout: float = 15.0) -> list[int]:
     return left
 
 
+def stop(run: subprocess.Popen) -> None:
+    """Stops a run the test left going (it failed first) as Ctrl-C does, so that
+    the run stops its own processes too."""
+    if run.poll() is None:
+        run.send_signal(signal.SIGINT)
+        try:
+            run.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.communicate()
+
+
 def delivery(xai: dict) -> dict:
     """A round's delivery counts, without the quality counts beside them."""
     return {key: xai[key] for key in ("sent", "stored", "queued", "rejected")}
@@ -196,9 +208,7 @@ def test_explainer_down_in_the_first_round_loses_nothing(tmp_path):
         )  # fmt: skip
         rest = run.communicate(timeout=RUN_TIMEOUT)[0]
     finally:
-        if run.poll() is None:  # the test failed before the run ended
-            run.kill()
-            run.communicate()
+        stop(run)
         if explainer is not None:
             explainer.terminate()
             explainer.wait(timeout=30)
@@ -250,9 +260,7 @@ def test_status_during_a_run_and_ctrl_c_stops_every_process(tmp_path):
         run.send_signal(signal.SIGINT)
         output = run.communicate(timeout=60)[0]
     finally:
-        if run.poll() is None:  # the test failed before the run ended
-            run.kill()
-            run.communicate()
+        stop(run)
     assert run.returncode == 130, output
     assert "interrupted" in output
     assert wait_until_gone(tmp_path / "work") == []

@@ -449,6 +449,20 @@ def test_unknown_things_and_escapes_are_404_pages(monitor_url, path):
         assert kind.startswith("text/html") and b"<h1>404</h1>" in body
 
 
+def test_every_answer_carries_the_security_headers(monitor_url):
+    for path in ("/", f"/api/tasks/xaitest/runs/{RUN}", f"/images/xaitest/{RUN}/1/client-0/gradcam_class_7.jpg", "/x"):
+        request = urllib.request.Request(f"{monitor_url}{path}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                headers = response.headers
+        except urllib.error.HTTPError as error:
+            with error:
+                headers = error.headers
+        assert headers["X-Content-Type-Options"] == "nosniff", path
+        assert headers["X-Frame-Options"] == "DENY" and headers["Referrer-Policy"] == "no-referrer", path
+        assert "script-src 'self'" in headers["Content-Security-Policy"], path
+
+
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
 def test_nothing_is_writable(monitor_url, method, filled_store):
     before = [info.key for info in filled_store.list()]

@@ -51,7 +51,7 @@ def test_grpcurl_commands(explainer, stub, local_store, mnist, mnist_weights, tm
 def test_python_sdk_lines(nanio_endpoint, tmp_path, monkeypatch):
     store = S3Store(s3_settings(nanio_endpoint, "fedxai"))
     store.check()
-    key = "xaitest/round-001/client-0/gradcam_class_7.jpg"
+    key = f"{RUN_DIR}/round-001/client-0/gradcam_class_7.jpg"
     ok, jpeg = cv2.imencode(".jpg", np.full((28, 28, 3), 128, np.uint8))
     assert ok
     store.put(key, jpeg.tobytes(), "image/jpeg")
@@ -62,7 +62,8 @@ def test_python_sdk_lines(nanio_endpoint, tmp_path, monkeypatch):
         .replace('access_key="fedxai"', f'access_key="{NANIO_ACCESS_KEY}"')
         .replace('secret_key="fedxai-dev-secret"', f'secret_key="{NANIO_SECRET_KEY}"')
     )
-    assert len([line for line in code.splitlines() if line.strip()]) == 3
+    code = re.sub(r'^run = "[^"]+"', f'run = "{RUN}"', code, count=1, flags=re.M)
+    assert len([line for line in code.splitlines() if line.strip()]) == 4
     monkeypatch.chdir(tmp_path)
     exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "gradcam_class_7.jpg").read_bytes() == jpeg.tobytes()

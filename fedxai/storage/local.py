@@ -7,9 +7,13 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedxai.errors import ObjectNotFound, StoreMisconfigured
+from fedxai.errors import InvalidArgument, ObjectNotFound, StoreMisconfigured
 from fedxai.storage.base import ObjectInfo, ObjectStore
 from fedxai.storage.layout import validate_key
+
+
+class _Outside(InvalidArgument):
+    """A key that a symbolic link in the store leads out of it."""
 
 
 class LocalStore(ObjectStore):
@@ -23,7 +27,11 @@ class LocalStore(ObjectStore):
 
     def _path(self, key: str) -> Path:
         validate_key("key", key)
-        return self.root / key
+        path = self.root / key
+        # A symbolic link planted in the store must not lead reads or writes out of it.
+        if not path.resolve().is_relative_to(self.root):
+            raise _Outside("key", f"{key!r} leads outside the store")
+        return path
 
     def check(self, create: bool = True) -> None:
         if not create:
@@ -65,7 +73,10 @@ class LocalStore(ObjectStore):
             raise ObjectNotFound(key) from None
 
     def exists(self, key: str) -> bool:
-        return self._path(key).is_file()
+        try:
+            return self._path(key).is_file()
+        except _Outside:
+            return False
 
     def list(self, prefix: str = "") -> list[ObjectInfo]:
         if not self.root.is_dir():
@@ -77,6 +88,8 @@ class LocalStore(ObjectStore):
                 if name.startswith("."):  # temporary files of writes in flight
                     continue
                 path = Path(dirpath, name)
+                if path.is_symlink():  # not the store's own (os.walk follows no linked folder)
+                    continue
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
                     found.append(ObjectInfo(key, path.stat().st_size))

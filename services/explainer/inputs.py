@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import io
 import re
+import zlib
 from dataclasses import dataclass
 
 import cv2
@@ -33,6 +34,10 @@ class Scoring(enum.Enum):
     AFTER_REPLY = pb.SCORING_AFTER_REPLY
     SKIP = pb.SCORING_SKIP
 
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+_PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each PNG colour type
 
 # The layout's name of each subject (see Folder).
 SUBJECTS = {
@@ -141,7 +146,7 @@ def _model(request: pb.ExplainRequest, store: ObjectStore, models: ModelCache) -
     except ObjectNotFound:
         raise NotFound("model_ref.key", f"no checkpoint at {key!r} in {store.kind} storage") from None
     if named is None:
-        name = safetensors_metadata(data).get("architecture", "")
+        name = safetensors_metadata(data, "model_ref.key").get("architecture", "")
         if not name:
             raise InvalidArgument("model_ref.architecture", "not given, and the checkpoint's metadata names none")
         named = get_architecture(name, "model_ref.architecture")
@@ -201,14 +206,20 @@ def _decode_image(index: int, data: bytes, architecture: Architecture) -> np.nda
     """One PNG/JPEG as (C, H, W) float32 in [0, 1]; grey or RGB to match the model."""
     field = f"images.images[{index}]"
     channels, height, width = architecture.input_shape
+    if not data.startswith((PNG_SIGNATURE, JPEG_SIGNATURE)):
+        raise InvalidArgument(field, "is neither PNG nor JPEG, the formats the explainer decodes")
     # The header first: a small file can declare a huge image, which is never decoded.
     try:
-        with PIL.Image.open(io.BytesIO(data)) as header:
+        with PIL.Image.open(io.BytesIO(data), formats=("PNG", "JPEG")) as header:
             size = header.size
+    except PIL.Image.DecompressionBombError:
+        raise InvalidArgument(field, f"declares an image far larger than {width}x{height}") from None
     except (PIL.UnidentifiedImageError, OSError, ValueError):
         raise InvalidArgument(field, "not a decodable PNG or JPEG image") from None
     if size != (width, height):
         raise InvalidArgument(field, f"is {size[0]}x{size[1]}, {architecture.name} takes {width}x{height}")
+    if data.startswith(PNG_SIGNATURE):
+        _check_png_inflation(data, field, width, height)
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     if image is None or image.shape[:2] != (height, width):
@@ -217,10 +228,40 @@ def _decode_image(index: int, data: bytes, architecture: Architecture) -> np.nda
     return image.astype(np.float32) / 255.0
 
 
+def _check_png_inflation(data: bytes, field: str, width: int, height: int) -> None:
+    """A PNG's pixel data may inflate to gigabytes behind a 28x28 header: inflate
+    no more than the declared pixels take, and refuse the image if there is more."""
+    chunks, position = [], len(PNG_SIGNATURE)
+    bits_per_pixel = 32
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        kind = data[position + 4 : position + 8]
+        body = data[position + 8 : position + 8 + length]
+        if kind == b"IHDR" and len(body) >= 10:
+            bit_depth, colour_type = body[8], body[9]
+            bits_per_pixel = bit_depth * _PNG_SAMPLES.get(colour_type, 4)
+        elif kind == b"IDAT":
+            chunks.append(body)
+        elif kind == b"IEND":
+            break
+        position += 12 + length
+    # Each row: a filter byte and its pixels; Adam7 interlacing adds at most a row per pass.
+    row = 1 + (width * bits_per_pixel + 7) // 8
+    limit = (height + 7) * row
+    inflater = zlib.decompressobj()
+    try:
+        inflated = inflater.decompress(b"".join(chunks), limit + 1)
+    except zlib.error:
+        raise InvalidArgument(field, "not a decodable PNG or JPEG image") from None
+    if len(inflated) > limit or inflater.unconsumed_tail:
+        raise InvalidArgument(field, f"its pixel data inflates beyond the {width}x{height} image it declares")
+
+
 def _labels(request: pb.ExplainRequest, count: int, num_classes: int) -> torch.Tensor:
+    # Counted before anything is converted: 20 million labels must cost nothing.
+    if len(request.labels) != count:
+        raise InvalidArgument("labels", f"{len(request.labels)} labels for {count} samples")
     labels = list(request.labels)
-    if len(labels) != count:
-        raise InvalidArgument("labels", f"{len(labels)} labels for {count} samples")
     bad = [label for label in labels if not 0 <= label < num_classes]
     if bad:
         raise InvalidArgument("labels", f"{bad[0]} is outside [0, {num_classes})")
@@ -229,11 +270,13 @@ def _labels(request: pb.ExplainRequest, count: int, num_classes: int) -> torch.T
 
 def _normalisation(message: pb.Normalization, architecture: Architecture) -> tuple[torch.Tensor, torch.Tensor]:
     channels = architecture.channels
+    for name in ("mean", "std"):  # counted before anything is converted
+        given = len(getattr(message, name))
+        if given not in (0, 1, channels):
+            raise InvalidArgument(f"normalization.{name}", f"has {given} values; give 1 or {channels}")
     mean = list(message.mean) or list(architecture.mean)
     std = list(message.std) or list(architecture.std)
     for name, values in (("mean", mean), ("std", std)):
-        if len(values) not in (1, channels):
-            raise InvalidArgument(f"normalization.{name}", f"has {len(values)} values; give 1 or {channels}")
         if not all(np.isfinite(values)):
             raise InvalidArgument(f"normalization.{name}", "contains NaN or Inf")
     if min(std) <= 0:

@@ -25,6 +25,7 @@ from services.explainer.servicer import ExplainerServicer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
+RESERVED_THREADS = 4  # for health checks, GetInfo and reflection
 
 
 @dataclass
@@ -48,8 +49,11 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
         max_batch_size=settings.max_batch_size,
         cached_models=settings.cached_models,
     )
+    # Explain and ListExplanations take at most `calls` threads; the rest answer
+    # health checks and GetInfo at once, however busy the explainer is.
+    calls = 4 * settings.workers
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="explainer"),
+        futures.ThreadPoolExecutor(max_workers=calls + RESERVED_THREADS, thread_name_prefix="explainer"),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -57,10 +61,10 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
             ("grpc.so_reuseport", 0),
         ],
         # Beyond this, calls are refused (RESOURCE_EXHAUSTED) instead of queueing large messages in memory.
-        maximum_concurrent_rpcs=4 * settings.workers,
+        maximum_concurrent_rpcs=calls + RESERVED_THREADS,
     )
     service = ExplanationService(store, limits)
-    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(service), server)
+    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(service, calls), server)
 
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

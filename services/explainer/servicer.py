@@ -7,9 +7,11 @@ traceback and answered as INTERNAL without leaking details.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -45,10 +47,17 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
 _KNOWN = tuple(cls for cls, _ in _STATUS)
 
 Handler = Callable[..., Any]
+MAX_MESSAGE_CHARS = 300
 
 
 def _status_for(error: Exception) -> grpc.StatusCode:
     return next(code for cls, code in _STATUS if isinstance(error, cls))
+
+
+def bounded(message: str) -> str:
+    """A message that fits gRPC's metadata whatever the caller sent (a 100 KB id, say):
+    the field's name comes first, so cutting the end keeps it."""
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 1] + "…"
 
 
 def translate_errors(handler: Handler) -> Handler:
@@ -60,7 +69,7 @@ def translate_errors(handler: Handler) -> Handler:
             code = _status_for(error)
             if not isinstance(error, FedxaiError):
                 log.warning("%s: storage: %s", handler.__name__, error)
-            context.abort(code, str(error))
+            context.abort(code, bounded(str(error)))
         except Exception:
             log.exception("%s failed", handler.__name__)
             context.abort(grpc.StatusCode.INTERNAL, "internal error; the explainer logged the details")
@@ -69,18 +78,32 @@ def translate_errors(handler: Handler) -> Handler:
 
 
 class ExplainerServicer(pb_grpc.ExplainerServicer):
-    def __init__(self, service: ExplanationService) -> None:
+    def __init__(self, service: ExplanationService, max_calls: int) -> None:
         self.service = service
+        # The heavy calls share this many of the server's threads; the others stay free.
+        self._calls = threading.BoundedSemaphore(max_calls)
+        self._max_calls = max_calls
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        if not self._calls.acquire(blocking=False):
+            raise ResourceExhausted("explainer", f"busy with {self._max_calls} calls; retry later")
+        try:
+            yield
+        finally:
+            self._calls.release()
 
     @translate_errors
     def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:  # noqa: N802
-        return self.service.explain(request)
+        with self._admitted():
+            return self.service.explain(request)
 
     @translate_errors
     def ListExplanations(  # noqa: N802
         self, request: pb.ListExplanationsRequest, context: grpc.ServicerContext
     ) -> pb.ListExplanationsResponse:
-        return self.service.list_explanations(request)
+        with self._admitted():
+            return self.service.list_explanations(request)
 
     @translate_errors
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.GetInfoResponse:  # noqa: N802

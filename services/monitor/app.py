@@ -18,6 +18,8 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -239,50 +241,71 @@ def _folder(p: dict[str, Any], updates: bool = False) -> Folder:
     return Folder(p["task"], p["run"], p["round"], "client", p["client"])
 
 
+# Scripts, styles and images come from this server only; nothing may frame the page.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class SecurityHeaders(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
+
 def create_app(store: ObjectStore) -> Starlette:
+    """The page's routes. Handlers are plain functions, which Starlette runs in its
+    thread pool: a slow store read never holds up the event loop."""
     monitor = Monitor(store)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.filters["duration"] = format_duration
     cached = {"Cache-Control": "max-age=60"}
 
-    async def index(request: Request) -> Response:
+    def index(request: Request) -> Response:
         return templates.TemplateResponse(request, "index.html", {"tasks": monitor.tasks()})
 
-    async def task_page(request: Request) -> Response:
+    def task_page(request: Request) -> Response:
         task = request.path_params["task"]
         newest = monitor.runs(task)[0]["run"]
         return RedirectResponse(f"/tasks/{task}/runs/{newest}", status_code=307)
 
-    async def run_page(request: Request) -> Response:
+    def run_page(request: Request) -> Response:
         p = request.path_params
         monitor.metrics(p["task"], p["run"])  # 404 before rendering anything
         return templates.TemplateResponse(request, "run.html", {"task": p["task"], "run": p["run"]})
 
-    async def runs_api(request: Request) -> Response:
+    def runs_api(request: Request) -> Response:
         return JSONResponse(monitor.runs(request.path_params["task"]))
 
-    async def run_api(request: Request) -> Response:
+    def run_api(request: Request) -> Response:
         return JSONResponse(monitor.run(request.path_params["task"], request.path_params["run"]))
 
-    async def metrics_api(request: Request) -> Response:
+    def metrics_api(request: Request) -> Response:
         return JSONResponse(monitor.metrics(request.path_params["task"], request.path_params["run"]))
 
-    async def image(request: Request) -> Response:
+    def image(request: Request) -> Response:
         data = monitor.image(_folder(request.path_params), request.path_params["name"])
         return Response(data, media_type="image/jpeg", headers=cached)
 
-    async def update_image(request: Request) -> Response:
+    def update_image(request: Request) -> Response:
         data = monitor.image(_folder(request.path_params, updates=True), request.path_params["name"])
         return Response(data, media_type="image/jpeg", headers=cached)
 
-    async def manifest(request: Request) -> Response:
+    def manifest(request: Request) -> Response:
         return Response(monitor.manifest(_folder(request.path_params)), media_type="application/json")
 
-    async def update_manifest(request: Request) -> Response:
+    def update_manifest(request: Request) -> Response:
         data = monitor.manifest(_folder(request.path_params, updates=True))
         return Response(data, media_type="application/json")
 
-    async def checkpoint(request: Request) -> Response:
+    def checkpoint(request: Request) -> Response:
         p = request.path_params
         name = f"{p['task']}-{p['run']}-round-{p['round']}.safetensors"
         return Response(
@@ -291,7 +314,7 @@ def create_app(store: ObjectStore) -> Starlette:
             headers={"Content-Disposition": f'attachment; filename="{name}"'},
         )
 
-    async def log(request: Request) -> Response:
+    def log(request: Request) -> Response:
         p = request.path_params
         return Response(monitor.log(p["task"], p["run"], p["service"]), media_type="text/plain; charset=utf-8")
 
@@ -320,4 +343,5 @@ def create_app(store: ObjectStore) -> Starlette:
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         exception_handlers={404: not_found, 405: not_found},
+        middleware=[Middleware(SecurityHeaders)],
     )

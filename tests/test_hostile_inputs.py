@@ -1,0 +1,206 @@
+"""Requests built to cost the explainer as much as possible, sent to a real
+server on loopback: each is refused with the right status code and a bounded
+message that names the field, before the expensive work, and the explainer
+keeps serving."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import threading
+import time
+import zlib
+
+import grpc
+import numpy as np
+import PIL.Image
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from fedxai.errors import InvalidArgument
+from fedxai.settings import ExplainerSettings
+from fedxai.storage import LocalStore
+from fedxai.v1 import explainer_pb2 as pb
+from fedxai.v1 import explainer_pb2_grpc as pb_grpc
+from services.explainer.server import create_server
+from tests.conftest import CHANNEL_OPTIONS
+from tests.helpers import RUN_DIR, explain_request, png
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def inflating_png(width: int, height: int, inflated_bytes: int) -> bytes:
+    """A grey PNG that declares width x height but whose pixel data inflates to ``inflated_bytes``."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * inflated_bytes, 9)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def encoded(image: np.ndarray, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def safetensors_with_header(header: bytes) -> bytes:
+    return struct.pack("<Q", len(header)) + header
+
+
+def images_request(mnist, images: list[bytes], **fields: object) -> pb.ExplainRequest:
+    _, labels = mnist
+    request = explain_request(np.zeros((1, 28, 28), np.uint8), labels[:1], b"", **fields)
+    request.ClearField("tensor")
+    request.images.images.extend(images)
+    del request.labels[:]
+    request.labels.extend([int(label) for label in labels[: len(images)]])
+    return request
+
+
+def refused(stub: pb_grpc.ExplainerStub, request: pb.ExplainRequest) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Explain(request, timeout=60)
+    return raised.value
+
+
+def test_a_png_that_inflates_to_a_gigabyte_is_refused_before_decoding(stub, mnist, mnist_weights, local_store):
+    bomb = inflating_png(28, 28, 1 << 30)
+    assert len(bomb) < 2 << 20, "about 1 MB on the wire"
+    request = images_request(mnist, [png(mnist[0][0]), bomb])
+    request.inline_model.CopyFrom(pb.InlineModel(architecture="mnist_cnn", safetensors=mnist_weights))
+    started = time.monotonic()
+    error = refused(stub, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "images.images[1]: its pixel data inflates beyond the 28x28 image it declares"
+    assert time.monotonic() - started < 30  # decoding the gigabyte took minutes of CPU before
+    assert local_store.list() == []
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF", "WEBP", "PPM"])
+def test_only_png_and_jpeg_are_decoded(stub, mnist, mnist_weights, fmt):
+    request = images_request(mnist, [encoded(mnist[0][0], fmt)])
+    request.inline_model.CopyFrom(pb.InlineModel(architecture="mnist_cnn", safetensors=mnist_weights))
+    error = refused(stub, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "images.images[0]: is neither PNG nor JPEG, the formats the explainer decodes"
+
+
+def test_a_png_header_of_a_giant_image_is_invalid_not_internal(stub, mnist, mnist_weights):
+    giant = inflating_png(20000, 20000, 16)
+    request = images_request(mnist, [giant])
+    request.inline_model.CopyFrom(pb.InlineModel(architecture="mnist_cnn", safetensors=mnist_weights))
+    error = refused(stub, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "images.images[0]: declares an image far larger than 28x28"
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "inline_model.safetensors: its header nests deeper than safetensors does"),
+        (
+            json.dumps(
+                {f"t{i}": {"dtype": "F32", "shape": [1], "data_offsets": [4 * i, 4 * i + 4]} for i in range(5000)}
+            ).encode(),
+            "inline_model.safetensors: 5000 tensors, more than the 1024 a model may have",
+        ),
+        (b"{" * 10, "inline_model.safetensors: not valid safetensors (its header is not JSON)"),
+    ],
+    ids=["deep-json", "many-tensors", "broken-json"],
+)
+def test_hostile_safetensors_headers_are_refused_before_loading(stub, mnist, header, message):
+    images, labels = mnist
+    weights = safetensors_with_header(header) + b"\0" * 20_000
+    error = refused(stub, explain_request(images[:2], labels[:2], weights))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == message
+
+
+def test_a_stored_checkpoint_with_a_deep_header_is_invalid_too(stub, mnist, local_store):
+    images, labels = mnist
+    key = f"{RUN_DIR}/round-001/global_model.safetensors"
+    deep = b'{"a":' * 100_000 + b"1" + b"}" * 100_000  # valid JSON, 100,000 objects deep
+    local_store.put(key, safetensors_with_header(deep), "application/octet-stream")
+    request = explain_request(images[:2], labels[:2], b"", model_ref=pb.ModelRef(key=key, architecture="mnist_cnn"))
+    error = refused(stub, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "model_ref.key: its header nests deeper than safetensors does"
+
+
+def test_huge_repeated_fields_are_refused_before_they_are_converted(stub, mnist, mnist_weights):
+    images, labels = mnist
+    request = explain_request(images[:2], labels[:2], mnist_weights)
+    del request.labels[:]
+    request.labels.extend(np.zeros(2_000_000, np.int32).tolist())
+    error = refused(stub, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "labels: 2000000 labels for 2 samples"
+
+    request = explain_request(images[:2], labels[:2], mnist_weights)
+    request.normalization.mean.extend(np.zeros(1_000_000, np.float32).tolist())
+    error = refused(stub, request)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details() == "normalization.mean: has 1000000 values; give 1 or 1"
+
+
+def test_error_messages_are_bounded_and_name_the_field(stub, mnist, mnist_weights):
+    images, labels = mnist
+    error = refused(stub, explain_request(images[:2], labels[:2], mnist_weights, client_id="x/" * 50_000))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, "not RESOURCE_EXHAUSTED from oversized metadata"
+    assert error.details().startswith("client_id: 'x/x/x/") and len(error.details()) <= 300
+
+
+def test_health_answers_while_every_worker_explains(local_store, mnist, mnist_weights):
+    server = create_server(ExplainerSettings(address="127.0.0.1:0", workers=1), local_store)
+    images, labels = mnist
+    slow = explain_request(images[:64], labels[:64], mnist_weights, scoring=pb.SCORING_IN_REPLY)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.ExplainerStub(channel)
+            calls = [threading.Thread(target=stub.Explain, args=(slow,), kwargs={"timeout": 300}) for _ in range(3)]
+            for call in calls:
+                call.start()
+            time.sleep(1.0)  # the one worker explains, two calls wait
+            health = health_pb2_grpc.HealthStub(channel)
+            for _ in range(5):
+                started = time.monotonic()
+                reply = health.Check(health_pb2.HealthCheckRequest(service="fedxai.v1.Explainer"), timeout=2)
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+                assert time.monotonic() - started < 1.0
+            assert stub.GetInfo(pb.GetInfoRequest(), timeout=2).max_batch_size > 0
+            for call in calls:
+                call.join()
+    finally:
+        server.stop(grace=None)
+
+
+def test_the_explainer_keeps_serving_after_all_of_them(stub, mnist, mnist_weights, local_store):
+    images, labels = mnist
+    for bad in (inflating_png(28, 28, 1 << 26), encoded(images[0], "BMP")):
+        request = images_request(mnist, [bad])
+        request.inline_model.CopyFrom(pb.InlineModel(architecture="mnist_cnn", safetensors=mnist_weights))
+        assert refused(stub, request).code() == grpc.StatusCode.INVALID_ARGUMENT
+    reply = stub.Explain(explain_request(images[:8], labels[:8], mnist_weights), timeout=60)
+    assert len(reply.images) == len(set(labels[:8].tolist()))
+    assert local_store.exists(reply.manifest_key)
+
+
+def test_the_local_store_never_leaves_its_root(tmp_path):
+    secret = tmp_path / "outside" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_text("not yours")
+    store = LocalStore(tmp_path / "store")
+    store.check()
+    (tmp_path / "store" / "task").mkdir()
+    (tmp_path / "store" / "task" / "link.txt").symlink_to(secret)
+    (tmp_path / "store" / "dir").symlink_to(secret.parent, target_is_directory=True)
+    for key in ("task/link.txt", "dir/secret.txt"):
+        with pytest.raises(InvalidArgument, match="leads outside the store"):
+            store.get(key)
+        assert not store.exists(key)
+    with pytest.raises(InvalidArgument, match=r"'dir/planted\.txt' leads outside the store"):
+        store.put("dir/planted.txt", b"x", "text/plain")
+    assert [info.key for info in store.list()] == []
+    assert not (secret.parent / "planted.txt").exists()
