@@ -31,6 +31,16 @@ def _parse_bool(name: str, raw: str) -> bool:
     raise SettingsError(f"{name}={raw!r} is not a boolean (use true or false)")
 
 
+def _parse_seconds(name: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise SettingsError(f"{name}={value!r} is not a number of seconds") from None
+    if not seconds > 0:
+        raise SettingsError(f"{name}={value!r} must be positive")
+    return seconds
+
+
 def parse_address(name: str, raw: str) -> tuple[str, int]:
     """Splits HOST:PORT (IPv6 hosts in brackets) and checks the port."""
     host, sep, port = raw.rpartition(":")
@@ -56,6 +66,8 @@ class S3Settings:
     # The endpoint people reach, used to sign URLs (e.g. localhost:9000 when
     # the services talk to minio:9000 inside a compose network).
     public_endpoint: str = ""
+    # Seconds a request may wait for the server's answer: a hung store is UNAVAILABLE by then.
+    timeout: float = 10.0
 
     def __repr__(self) -> str:  # keeps the secret out of logs
         return (
@@ -97,6 +109,7 @@ class StorageSettings:
                 secure=_parse_bool("FEDXAI_S3_SECURE", env.get("FEDXAI_S3_SECURE", "false")),
                 region=env.get("FEDXAI_S3_REGION") or "us-east-1",
                 public_endpoint=env.get("FEDXAI_S3_PUBLIC_ENDPOINT", "").strip(),
+                timeout=_parse_seconds("FEDXAI_S3_TIMEOUT", env.get("FEDXAI_S3_TIMEOUT") or str(S3Settings.timeout)),
             )
         )
 

@@ -4,6 +4,8 @@ against real S3 servers on loopback (moto, and nanio which checks signatures).""
 from __future__ import annotations
 
 import itertools
+import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,7 @@ import pytest
 from minio import Minio
 
 from fedxai.errors import InvalidArgument, ObjectNotFound, StoreMisconfigured, StoreUnavailable
-from fedxai.settings import S3Settings
+from fedxai.settings import S3Settings, SettingsError, StorageSettings
 from fedxai.storage import LocalStore, ObjectStore
 from fedxai.storage.s3 import S3Store
 from tests.conftest import NANIO_ACCESS_KEY, free_port, s3_settings
@@ -122,3 +124,25 @@ def test_unreachable_server_is_reported_as_unavailable() -> None:
     settings = S3Settings(endpoint=f"127.0.0.1:{free_port()}", access_key="a", secret_key="b")
     with pytest.raises(StoreUnavailable, match="cannot reach S3"):
         S3Store(settings).check()
+
+
+def test_a_hung_server_is_unavailable_after_the_timeout() -> None:
+    """A server that accepts connections and never answers: the call gives up after
+    FEDXAI_S3_TIMEOUT, once, instead of waiting three times a minute."""
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(16)
+        port = hung.getsockname()[1]
+        settings = S3Settings(endpoint=f"127.0.0.1:{port}", access_key="a", secret_key="b", timeout=1.0)
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="cannot reach S3"):
+            S3Store(settings).put("t/x.json", b"{}", "application/json")
+        assert time.monotonic() - started < 15  # 180 s with the old three 60-second tries
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-3"])
+def test_a_bad_s3_timeout_is_named(value: str) -> None:
+    env = {"FEDXAI_S3_ENDPOINT": "127.0.0.1:9", "FEDXAI_S3_ACCESS_KEY": "a", "FEDXAI_S3_SECRET_KEY": "b"}
+    with pytest.raises(SettingsError, match=f"FEDXAI_S3_TIMEOUT='{value}'"):
+        StorageSettings.from_env({**env, "FEDXAI_S3_TIMEOUT": value})
+    assert StorageSettings.from_env(env).s3.timeout == 10.0  # type: ignore[union-attr]

@@ -34,11 +34,12 @@ class S3Store(ObjectStore):
         self.settings = settings
         self.bucket = settings.bucket
         self.url_expiry = url_expiry
-        # Fail within seconds rather than minutes when the server is down; the
-        # trainers queue what could not be delivered.
+        # Fail within seconds rather than minutes when the server is down or hung;
+        # the trainers queue what could not be delivered. A request that timed
+        # out is not sent again: a hung store answers UNAVAILABLE after `timeout`.
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=5, read=60),
-            retries=urllib3.Retry(total=2, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+            timeout=urllib3.Timeout(connect=min(5.0, settings.timeout), read=settings.timeout),
+            retries=urllib3.Retry(total=2, read=0, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
             maxsize=16,
         )
         self.client = Minio(
