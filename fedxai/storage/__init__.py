@@ -2,11 +2,13 @@
 
 import json
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from fedxai.errors import ObjectNotFound
 from fedxai.settings import StorageSettings
 from fedxai.storage.base import ObjectInfo, ObjectStore
+from fedxai.storage.layout import RUNS_DIR, parse_metrics_key
 from fedxai.storage.local import LocalStore
 
 log = logging.getLogger(__name__)
@@ -35,4 +37,13 @@ def read_document(store: ObjectStore, key: str) -> dict[str, Any] | None:
     return document if isinstance(document, dict) else None
 
 
-__all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "open_store", "read_document"]
+def run_records(store: ObjectStore, task: str = "") -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(task, run, metrics document) of every readable run in the store, or of one task's."""
+    for info in store.list(f"{task}/{RUNS_DIR}/" if task else ""):
+        run = parse_metrics_key(info.key)
+        document = read_document(store, info.key) if run is not None else None
+        if run is not None and document is not None:
+            yield run[0], run[1], document
+
+
+__all__ = ["LocalStore", "ObjectInfo", "ObjectStore", "open_store", "read_document", "run_records"]

@@ -14,8 +14,7 @@ from typing import TextIO
 from fedxai.errors import StoreError
 from fedxai.records import run_state
 from fedxai.settings import StorageSettings
-from fedxai.storage import ObjectStore, open_store, read_document
-from fedxai.storage.layout import parse_metrics_key
+from fedxai.storage import ObjectStore, open_store, run_records
 from services.cli.federation import CONNECTION
 
 # `flwr` starts in about two seconds before it asks anything.
@@ -72,16 +71,12 @@ def superlink_nodes(work_dir: Path, timeout: float) -> tuple[str, bool]:
 def active_runs(store: ObjectStore, now: datetime) -> list[str]:
     """A line per run that the store says is running (or was, until it went quiet)."""
     lines = []
-    for info in store.list():
-        run = parse_metrics_key(info.key)
-        document = read_document(store, info.key) if run is not None else None
-        if run is None or document is None:
-            continue
+    for task, run, document in run_records(store):
         state = run_state(document, now)
         if state in ("running", "stale"):
             rounds = [r for r in document.get("rounds", []) if r.get("round", 0) > 0]
             lines.append(
-                f"{run[0]} run {run[1]}: {state}, round {len(rounds)}/{document.get('num_rounds')}, "
+                f"{task} run {run}: {state}, round {len(rounds)}/{document.get('num_rounds')}, "
                 f"last update {document.get('updated_at')}"
             )
     return lines

@@ -28,7 +28,7 @@ from starlette.templating import Jinja2Templates
 
 from fedxai.errors import InvalidArgument, ObjectNotFound
 from fedxai.records import duration_seconds, format_duration, run_state, seconds_per_round
-from fedxai.storage import ObjectStore, read_document
+from fedxai.storage import ObjectStore, read_document, run_records
 from fedxai.storage.layout import (
     GLOBAL_DIR,
     LOGS_DIR,
@@ -36,7 +36,6 @@ from fedxai.storage.layout import (
     Folder,
     global_model_key,
     metrics_key,
-    parse_metrics_key,
     run_prefix,
     validate_id,
 )
@@ -89,20 +88,17 @@ class Monitor:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
 
-    def tasks(self) -> dict[str, list[dict[str, Any]]]:
-        """Every task's runs, newest first (run ids sort by start time)."""
+    def tasks(self, only: str = "") -> dict[str, list[dict[str, Any]]]:
+        """Every task's runs (or task ``only``'s), newest first (run ids sort by start time)."""
         now = datetime.now(UTC)
         found: dict[str, list[dict[str, Any]]] = {}
-        for info in self.store.list():
-            run = parse_metrics_key(info.key)
-            document = read_document(self.store, info.key) if run is not None else None
-            if run is not None and document is not None:
-                found.setdefault(run[0], []).append(_summary(*run, document, now))
+        for task, run, document in run_records(self.store, only):
+            found.setdefault(task, []).append(_summary(task, run, document, now))
         return {task: sorted(runs, key=lambda r: r["run"], reverse=True) for task, runs in sorted(found.items())}
 
     def runs(self, task: str) -> list[dict[str, Any]]:
         _checked_id("task", task)
-        runs = self.tasks().get(task)
+        runs = self.tasks(task).get(task)
         if not runs:
             raise _not_found(f"no task {task!r}")
         return runs
