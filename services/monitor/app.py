@@ -68,6 +68,7 @@ def _summary(task: str, run: str, document: dict[str, Any], now: datetime) -> di
     """What the index and a run's page header say of a run."""
     rounds = [r for r in document.get("rounds", []) if isinstance(r, dict) and r.get("round", 0) > 0]
     last = rounds[-1].get("global", {}).get("accuracy") if rounds else None
+    seconds = duration_seconds(document, now)
     return {
         "task": task,
         "run": run,
@@ -80,7 +81,8 @@ def _summary(task: str, run: str, document: dict[str, Any], now: datetime) -> di
         "updated_at": document.get("updated_at", ""),
         "finished_at": document.get("finished_at"),
         "seconds_per_round": seconds_per_round(document),
-        "duration_seconds": duration_seconds(document, now),
+        "duration_seconds": seconds,
+        "duration": format_duration(seconds),  # as the page shows it
     }
 
 
@@ -261,7 +263,6 @@ def create_app(store: ObjectStore) -> Starlette:
     thread pool: a slow store read never holds up the event loop."""
     monitor = Monitor(store)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
-    templates.env.filters["duration"] = format_duration
     cached = {"Cache-Control": "max-age=60"}
 
     def index(request: Request) -> Response:

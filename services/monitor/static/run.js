@@ -65,13 +65,6 @@ function median(values) {
   return sorted.length % 2 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2;
 }
 
-function formatSeconds(seconds) {
-  if (!isNumber(seconds)) return "–";
-  if (seconds < 120) return `${seconds.toFixed(1)} s`;
-  const minutes = Math.floor(seconds / 60);
-  return minutes < 120 ? `${minutes} min ${Math.round(seconds % 60)} s` : `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
-}
-
 function cell(row, value, digits) {
   const td = row.insertCell();
   td.textContent = value === undefined || value === null ? "–" : (digits ? Number(value).toFixed(digits) : value);
@@ -440,7 +433,7 @@ function drawOverview() {
   const config = m.config || {};
   for (const [term, value] of [
     ["started", (s.started_at || "").replace("T", " ").replace("+00:00", " UTC")],
-    ["duration", formatSeconds(s.duration_seconds)],
+    ["duration", s.duration],
     ["seconds per round", s.seconds_per_round === null ? "–" : `${s.seconds_per_round.toFixed(1)} s (median)`],
     ["clients", String(clients.size)],
     ["global accuracy", `${percent(s.accuracy)} (before training ${percent(((m.rounds || [])[0] || { global: {} }).global.accuracy)})`],
