@@ -196,3 +196,19 @@ def test_zero_or_negative_rounds_are_refused(tmp_path, rounds):
     result = run_fedxai("run", "--rounds", rounds, "--dry-run", "--work-dir", str(tmp_path / "w"), env=clean_env())
     assert result.returncode == 2
     assert result.stderr == "fedxai: error: num-server-rounds must be at least 1\n"
+
+
+def test_status_says_why_the_superlink_does_not_answer(tmp_path):
+    flwr_home = tmp_path / "work" / "flwr"
+    flwr_home.mkdir(parents=True)
+    connection = (
+        f'[superlink]\ndefault = "fedxai-local"\n[superlink.fedxai-local]\naddress = "127.0.0.1:{free_port()}"\n'
+    )
+    (flwr_home / "config.toml").write_text(connection + "insecure = true\n")
+    (tmp_path / "store").mkdir()
+    result = run_fedxai(
+        "status", "--explainer-address", f"127.0.0.1:{free_port()}", "--timeout", "0.5",
+        "--work-dir", str(tmp_path / "work"), "--output-dir", str(tmp_path / "store"), env=clean_env(),
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "DOWN superlink: not answering (Connection to the SuperLink is unavailable." in result.stdout

@@ -61,8 +61,9 @@ def superlink_nodes(work_dir: Path, timeout: float) -> tuple[str, bool]:
     except json.JSONDecodeError:
         answer = {}
     if not answer.get("success"):
-        said = answer.get("error-message") or (result.stdout + result.stderr).strip().splitlines()[-1:] or ["?"]
-        return f"not answering ({said if isinstance(said, str) else said[0]})", False
+        # Flower's last line says why (its first ones say which connection it tried).
+        said = (str(answer.get("error-message") or "") or result.stdout + result.stderr).strip().splitlines()
+        return f"not answering ({said[-1] if said else 'no answer'})", False
     nodes = answer.get("nodes", [])
     online = [node for node in nodes if node.get("status") == "online"]
     return f"answering; {len(online)} of {len(nodes)} SuperNodes online", True
