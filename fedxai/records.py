@@ -134,11 +134,10 @@ def seconds_per_round(document: dict[str, Any]) -> float | None:
     return statistics.median(seconds) if seconds else None
 
 
-def duration_seconds(document: dict[str, Any], now: datetime) -> float | None:
+def duration_seconds(document: dict[str, Any], state: RunState, now: datetime) -> float | None:
     """From the start to the end, to the last update of a run that stopped
-    without ending, or to ``now`` for one going on."""
+    without ending, or to ``now`` for one going on (``state``: its ``run_state``)."""
     started = _parsed(document.get("started_at"))
-    state = run_state(document, now)
     end = now if state == "running" else _parsed(document.get("finished_at") or document.get("updated_at"))
     return (end - started).total_seconds() if started and end else None
 

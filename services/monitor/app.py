@@ -68,11 +68,12 @@ def _summary(task: str, run: str, document: dict[str, Any], now: datetime) -> di
     """What the index and a run's page header say of a run."""
     rounds = [r for r in document.get("rounds", []) if isinstance(r, dict) and r.get("round", 0) > 0]
     last = rounds[-1].get("global", {}).get("accuracy") if rounds else None
-    seconds = duration_seconds(document, now)
+    state = run_state(document, now)
+    seconds = duration_seconds(document, state, now)
     return {
         "task": task,
         "run": run,
-        "state": run_state(document, now),
+        "state": state,
         "reason": document.get("reason"),
         "rounds": len(rounds),
         "num_rounds": document.get("num_rounds"),

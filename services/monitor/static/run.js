@@ -566,7 +566,9 @@ function drawClients() {
   const clients = allClients(rounds);
   const metric = document.getElementById("client-metric").value;
   const spec = CLIENT_METRICS[metric];
-  const flagged = new Set(rounds.flatMap((r) => outliers(r, clients, metric).map((o) => o.client)));
+  // Each round's outliers, found once: the chart and the alerts both use them.
+  const found = new Map(rounds.map((r) => [r.round, outliers(r, clients, metric)]));
+  const flagged = new Set([...found.values()].flatMap((list) => list.map((o) => o.client)));
   drawChart("client-chart", clients.map((client, i) => line(
     flagged.has(client) ? `${client} (outlier)` : client, rounds, (r) => clientValue(r, client, metric),
     flagged.has(client) ? "#c62828" : PALETTE[i % PALETTE.length], flagged.has(client) ? [] : [3, 3],
@@ -581,7 +583,7 @@ function drawClients() {
   const format = (v) => spec.scale === 100 ? `${v.toFixed(1)}%` : v.toFixed(3);
   const outlying = new Map(), silent = new Map();
   for (const r of rounds) {
-    for (const o of outliers(r, clients, metric)) {
+    for (const o of found.get(r.round)) {
       outlying.set(o.client, [...(outlying.get(o.client) || []), { round: r.round, ...o }]);
     }
     for (const client of missing(r, clients)) silent.set(client, [...(silent.get(client) || []), r.round]);
