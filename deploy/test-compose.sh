@@ -103,6 +103,11 @@ code=$(docker inspect -f '{{.State.ExitCode}}' "$aggregator")
 [ "$code" = 0 ] || { log "the aggregator exited with $code"; exit 1; }
 
 log "checking the bucket, the explainer, its presigned URLs and the monitor from the host"
+mkdir -m 700 "$work/credentials"
+for name in reader.token operator.token monitor.password; do
+  compose exec -T explainer cat "/credentials/$name" >"$work/credentials/$name"
+done
 "$python" "$repo/deploy/test/check_deployment.py" --s3 "127.0.0.1:$MINIO_API_PORT" \
-  --explainer "127.0.0.1:$EXPLAINER_PORT" --monitor "127.0.0.1:$MONITOR_PORT" --rounds 2 --clients 2
+  --explainer "127.0.0.1:$EXPLAINER_PORT" --monitor "127.0.0.1:$MONITOR_PORT" --rounds 2 --clients 2 \
+  --credentials "$work/credentials"
 log "the compose deployment works"

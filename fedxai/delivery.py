@@ -26,13 +26,16 @@ from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
-# Worth resending later: the explainer (or its store) is away or overloaded.
-# Anything else is an answer about the request itself, which resending cannot change.
+# Worth resending later: the explainer (or its store) is away or overloaded, or this
+# caller's token is missing or wrong, which its operator fixes without touching the
+# requests. Anything else is an answer about the request itself, which resending cannot change.
 _TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -107,17 +110,19 @@ def deliver(
     ca_file: str = "",
     checkpoint: pb.ModelRef | None = None,
     on_reply: Callable[[pb.ExplainRequest, pb.ExplainResponse], None] | None = None,
+    token: str = "",
 ) -> Delivery:
     """Sends what the outbox holds, oldest first, then ``request``.
 
     With ``checkpoint``, ``request`` (which carries its weights inline) is first
     sent naming that checkpoint instead. Stops at the first transient failure;
     ``request`` is queued, with its weights, unless it was delivered or refused.
-    ``on_reply`` gets every request delivered, with the Explainer's reply.
+    ``on_reply`` gets every request delivered, with the Explainer's reply. ``token``
+    is the caller's, when the Explainer checks its callers.
     """
     result = Delivery()
     undelivered = request
-    with open_channel(address, ca_file) as channel:
+    with open_channel(address, ca_file, token) as channel:
         stub = pb_grpc.ExplainerStub(channel)
         for path, message in _backlog(outbox, request):
             name = path.name if path else f"round {message.round}"

@@ -6,6 +6,7 @@ Nothing else in the code base reads ``os.environ``: entry points call
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +15,44 @@ DEFAULT_BUCKET = "fedxai"
 DEFAULT_OUTPUT_DIR = "outputs"
 DEFAULT_EXPLAINER_ADDRESS = "127.0.0.1:50051"
 MIB = 1024 * 1024
+MAX_URL_EXPIRY = 7 * 24 * 3600  # S3's longest presigned URL
 # The largest gRPC message the explainer and its callers accept by default.
 DEFAULT_MAX_MESSAGE_BYTES = 64 * MIB
 
 
+# A caller's bearer token for the explainer, in a file (see `fedxai credentials`).
+TOKEN_FILE_VARIABLE = "FEDXAI_EXPLAINER_TOKEN_FILE"
+
+
 class SettingsError(ValueError):
     """A setting is missing or has a bad value; the message names it."""
+
+
+def read_secret(name: str, path: str) -> str:
+    """The first line of a file holding a token or password, which must not be empty."""
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as error:
+        raise SettingsError(f"{name}={path}: cannot read it ({error.strerror})") from None
+    if not secret or "\n" in secret:
+        raise SettingsError(f"{name}={path}: expected one line with the secret")
+    return secret
+
+
+def explainer_token(env: Mapping[str, str]) -> str:
+    """The token this process presents to the explainer; "" when it presents none."""
+    path = env.get(TOKEN_FILE_VARIABLE, "").strip()
+    return read_secret(TOKEN_FILE_VARIABLE, path) if path else ""
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _parse_bool(name: str, raw: str) -> bool:
@@ -68,6 +101,9 @@ class S3Settings:
     public_endpoint: str = ""
     # Seconds a request may wait for the server's answer: a hung store is UNAVAILABLE by then.
     timeout: float = 10.0
+    # Seconds a presigned URL works: long enough to fetch, short enough that a leaked
+    # listing soon opens nothing.
+    url_expiry: float = 3600.0
 
     def __repr__(self) -> str:  # keeps the secret out of logs
         return (
@@ -97,6 +133,10 @@ class StorageSettings:
         missing = [k for k in ("FEDXAI_S3_ACCESS_KEY", "FEDXAI_S3_SECRET_KEY") if not env.get(k)]
         if missing:
             raise SettingsError(f"FEDXAI_S3_ENDPOINT is set but {', '.join(missing)} is not")
+        expiry = env.get("FEDXAI_S3_URL_EXPIRY") or str(S3Settings.url_expiry)
+        url_expiry = _parse_seconds("FEDXAI_S3_URL_EXPIRY", expiry)
+        if url_expiry > MAX_URL_EXPIRY:
+            raise SettingsError(f"FEDXAI_S3_URL_EXPIRY={url_expiry:g} is over S3's limit of {MAX_URL_EXPIRY} seconds")
         bucket = env.get("FEDXAI_S3_BUCKET") or DEFAULT_BUCKET
         if not 3 <= len(bucket) <= 63:
             raise SettingsError(f"FEDXAI_S3_BUCKET={bucket!r} must be 3 to 63 characters")
@@ -110,6 +150,7 @@ class StorageSettings:
                 region=env.get("FEDXAI_S3_REGION") or "us-east-1",
                 public_endpoint=env.get("FEDXAI_S3_PUBLIC_ENDPOINT", "").strip(),
                 timeout=_parse_seconds("FEDXAI_S3_TIMEOUT", env.get("FEDXAI_S3_TIMEOUT") or str(S3Settings.timeout)),
+                url_expiry=url_expiry,
             )
         )
 
@@ -125,9 +166,20 @@ class ExplainerSettings:
     # PEM files; both set: TLS, neither: plaintext.
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # Who may call and for what (see services.explainer.auth); "": anyone may do anything,
+    # which only a loopback address or an explicit allow_unauthenticated permits.
+    callers_file: str = ""
+    allow_unauthenticated: bool = False
 
     def __post_init__(self) -> None:
-        parse_address("--address", self.address)
+        host, _ = parse_address("--address", self.address)
+        if not (self.callers_file or self.allow_unauthenticated or is_loopback(host)):
+            raise SettingsError(
+                f"--address {self.address} lets other machines call: give --callers-file "
+                "(made by `fedxai credentials`), or --allow-unauthenticated to let anyone store and read"
+            )
+        if self.callers_file and not Path(self.callers_file).is_file():
+            raise SettingsError(f"--callers-file {self.callers_file} does not exist")
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise SettingsError("--tls-cert-file and --tls-key-file go together")
         for path in (self.tls_cert_file, self.tls_key_file):

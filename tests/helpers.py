@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import cv2
 import numpy as np
 import torch
+import uvicorn
 
 from fedxai.task import TaskConfig
 from fedxai.tensors import tensor_to_proto
@@ -13,6 +22,28 @@ from fedxai.v1 import explainer_pb2 as pb
 TRAINED_ON = 6000  # digits of the MNIST test split the shared model learns; the rest are held out
 RUN = "20261130-090000-ab12"  # the run the tests' requests belong to
 RUN_DIR = f"xaitest/runs/{RUN}"  # its folder in the store
+
+FEDXAI = str(Path(sys.executable).with_name("fedxai"))
+
+
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[str]:
+    """The ASGI ``app`` served by uvicorn on loopback; yields its base URL."""
+    from tests.conftest import free_port
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def task_config(**settings: object) -> TaskConfig:

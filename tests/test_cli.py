@@ -9,9 +9,7 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import grpc
 import pytest
@@ -22,9 +20,7 @@ from fedxai.storage import LocalStore
 from fedxai.storage.layout import metrics_key
 from services.explainer.server import create_server
 from tests.conftest import NANIO_ACCESS_KEY, free_port, wait_for_port
-from tests.helpers import RUN
-
-FEDXAI = str(Path(sys.executable).with_name("fedxai"))
+from tests.helpers import FEDXAI, RUN
 
 
 def clean_env(**overrides: str) -> dict[str, str]:

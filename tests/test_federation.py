@@ -10,18 +10,16 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import MNIST_DIR, free_port
-from tests.helpers import decode_jpeg
+from tests.helpers import FEDXAI, decode_jpeg
 
 pytestmark = pytest.mark.slow
 
-FEDXAI = str(Path(sys.executable).with_name("fedxai"))
 RUN_TIMEOUT = 600
 
 

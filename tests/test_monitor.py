@@ -8,8 +8,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -18,7 +16,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from fedxai.data import Dataset, probe_set
 from fedxai.models import ARCHITECTURES
@@ -28,8 +25,16 @@ from fedxai.v1 import explainer_pb2 as pb
 from services.aggregator.probe import RoundMaps, probe_request
 from services.explainer.explanations import ExplanationService, Limits
 from services.monitor.app import create_app
-from tests.conftest import free_port
-from tests.helpers import RUN, TRAINED_ON, decode_jpeg, explain_request, perturbed, task_config, with_flipped_outputs
+from tests.helpers import (
+    RUN,
+    TRAINED_ON,
+    decode_jpeg,
+    explain_request,
+    perturbed,
+    serving,
+    task_config,
+    with_flipped_outputs,
+)
 
 ROUNDS, CLIENTS = (1, 2), ("client-0", "client-1")
 OLD_RUN = "20261129-120000-0a0a"  # an earlier run of xaitest, metrics only
@@ -304,19 +309,8 @@ def write_big_task(store: LocalStore) -> None:
 
 @pytest.fixture(scope="module")
 def monitor_url(filled_store) -> Iterator[str]:
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(filled_store), host="127.0.0.1", port=port, log_level="warning", ws="none")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serving(create_app(filled_store)) as url:
+        yield url
 
 
 def get(url: str, method: str = "GET") -> tuple[int, str, bytes]:

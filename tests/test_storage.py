@@ -3,6 +3,7 @@ against real S3 servers on loopback (moto, and nanio which checks signatures).""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import socket
 import time
@@ -109,6 +110,24 @@ def test_presigned_url_is_signed_and_fetchable(nanio_endpoint: str) -> None:
     tampered = url.replace("gradcam_class_2", "gradcam_class_3")
     with pytest.raises(urllib.error.HTTPError) as raised:
         urllib.request.urlopen(tampered, timeout=10)
+    raised.value.close()
+    assert raised.value.code == 403
+
+
+def test_presigned_urls_expire_after_the_configured_seconds(nanio_endpoint: str) -> None:
+    env = {"FEDXAI_S3_ENDPOINT": nanio_endpoint, "FEDXAI_S3_ACCESS_KEY": "a", "FEDXAI_S3_SECRET_KEY": "b"}
+    assert StorageSettings.from_env(env).s3.url_expiry == 3600  # type: ignore[union-attr]
+    with pytest.raises(SettingsError, match="over S3's limit"):
+        StorageSettings.from_env({**env, "FEDXAI_S3_URL_EXPIRY": str(8 * 24 * 3600)})
+    assert StorageSettings.from_env({**env, "FEDXAI_S3_URL_EXPIRY": "1"}).s3.url_expiry == 1  # type: ignore[union-attr]
+    store = S3Store(dataclasses.replace(s3_settings(nanio_endpoint, new_bucket()), url_expiry=1))
+    store.check()
+    store.put("t/round-001/c/gradcam_class_2.jpg", b"\xff\xd8jpeg", "image/jpeg")
+    url = store.url("t/round-001/c/gradcam_class_2.jpg")
+    assert "X-Amz-Expires=1&" in url
+    time.sleep(2.5)
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(url, timeout=10)
     raised.value.close()
     assert raised.value.code == 403
 

@@ -16,9 +16,7 @@ from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 from services.explainer.server import create_server
 from tests.conftest import REPO_ROOT
-from tests.helpers import RUN, RUN_DIR
-
-FEDXAI = str(Path(sys.executable).with_name("fedxai"))
+from tests.helpers import FEDXAI, RUN, RUN_DIR
 
 
 @pytest.fixture(scope="module")

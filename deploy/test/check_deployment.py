@@ -1,15 +1,18 @@
 """Checks a finished compose deployment from the host, as a user would reach it:
 the bucket through the published S3 port (minio SDK), the explainer through its
-published gRPC port (grpcurl), and a presigned URL it hands out."""
+published gRPC port (grpcurl, with the tokens the deployment made), a presigned
+URL it hands out, and the monitoring page behind its password."""
 
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import shutil
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -36,10 +39,25 @@ def read(client: Minio, bucket: str, key: str) -> bytes:
         response.release_conn()
 
 
-def grpcurl(address: str, *args: str, data: str | None = None) -> str:
+def grpcurl(address: str, *args: str, data: str | None = None, token: str = "") -> str:
+    return grpcurl_run(address, *args, data=data, token=token, check=True).stdout
+
+
+def grpcurl_run(
+    address: str, *args: str, data: str | None = None, token: str = "", check: bool = False
+) -> subprocess.CompletedProcess[str]:
     binary = shutil.which("grpcurl") or str(Path(sys.executable).with_name("grpcurl"))
-    command = [binary, "-plaintext", *(["-d", data] if data else []), address, *args]
-    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=30).stdout
+    header = ["-H", f"authorization: Bearer {token}"] if token else []
+    command = [binary, "-plaintext", *header, *(["-d", data] if data else []), address, *args]
+    return subprocess.run(command, capture_output=True, text=True, check=check, timeout=30)
+
+
+def monitor_get(url: str, password: str) -> bytes:
+    request = urllib.request.Request(url)
+    request.add_header("Authorization", "Basic " + base64.b64encode(f"fedxai:{password}".encode()).decode())
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200, url
+        return response.read()
 
 
 def main() -> None:
@@ -49,7 +67,10 @@ def main() -> None:
     parser.add_argument("--monitor", required=True)
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--clients", type=int, required=True)
+    parser.add_argument("--credentials", required=True, help="folder with the deployment's tokens and password")
     args = parser.parse_args()
+    secrets = {path.name: path.read_text().strip() for path in Path(args.credentials).iterdir()}
+    reader, operator, password = secrets["reader.token"], secrets["operator.token"], secrets["monitor.password"]
     env = env_defaults()
     bucket = env["FEDXAI_S3_BUCKET"]
     client = Minio(args.s3, access_key=env["MINIO_ROOT_USER"], secret_key=env["MINIO_ROOT_PASSWORD"], secure=False)
@@ -101,20 +122,33 @@ def main() -> None:
     health = json.loads(grpcurl(args.explainer, "grpc.health.v1.Health/Check", data=check))
     assert health == {"status": "SERVING"}, health
     query = json.dumps({"task_id": "xaitest", "run_id": run})
-    explained = json.loads(grpcurl(args.explainer, "fedxai.v1.Explainer/ListExplanations", data=query))
+    # grpcurl exits with 64 + the status code: 16 UNAUTHENTICATED, 7 PERMISSION_DENIED.
+    stranger = grpcurl_run(args.explainer, "fedxai.v1.Explainer/ListExplanations", data=query)
+    assert stranger.returncode == 64 + 16 and "Unauthenticated" in stranger.stderr, stranger.stderr
+    store = json.dumps({"task_id": "xaitest", "round": 1, "client_id": "me", "labels": [7], "store": True})
+    storing = grpcurl_run(args.explainer, "fedxai.v1.Explainer/Explain", data=store, token=reader)
+    assert storing.returncode == 64 + 7 and "writer role" in storing.stderr, storing.stderr
+    explained = json.loads(grpcurl(args.explainer, "fedxai.v1.Explainer/ListExplanations", data=query, token=reader))
     assert len(explained["explanations"]) == images + probe_images, (len(explained["explanations"]), images)
     trainers_only = json.dumps({"task_id": "xaitest", "run_id": run, "subjects": ["SUBJECT_CLIENT_EVALUATION"]})
-    explanations = json.loads(grpcurl(args.explainer, "fedxai.v1.Explainer/ListExplanations", data=trainers_only))[
-        "explanations"
-    ]
+    explanations = json.loads(
+        grpcurl(args.explainer, "fedxai.v1.Explainer/ListExplanations", data=trainers_only, token=operator)
+    )["explanations"]
     assert len(explanations) == images, (len(explanations), images)
     first = explanations[0]
     with urllib.request.urlopen(first["url"], timeout=10) as response:
         assert response.read() == read(client, bucket, first["key"])
-    sys.stdout.write(f"explainer: SERVING, ListExplanations lists {len(explanations)} images, presigned URLs work\n")
+    sys.stdout.write(
+        f"explainer: SERVING, strangers UNAUTHENTICATED, a reader storing PERMISSION_DENIED, "
+        f"ListExplanations lists {len(explanations)} images, presigned URLs work\n"
+    )
 
-    with urllib.request.urlopen(f"http://{args.monitor}/api/tasks/xaitest/runs/{run}", timeout=10) as response:
-        task = json.loads(response.read())
+    try:
+        urllib.request.urlopen(f"http://{args.monitor}/", timeout=10).close()
+        raise AssertionError("the monitoring page answered without its password")
+    except urllib.error.HTTPError as error:
+        assert error.code == 401, error.code
+    task = json.loads(monitor_get(f"http://{args.monitor}/api/tasks/xaitest/runs/{run}", password))
     assert task["metrics"]["status"] == "finished" and task["summary"]["state"] == "finished"
     assert sorted(task["logs"]) == ["flwr-run", "superlink"], task["logs"]
     shown = sum(len(images) for clients in task["gallery"].values() for images in clients.values())
@@ -124,9 +158,9 @@ def main() -> None:
     )
     assert probe_shown == probe_images, (probe_shown, probe_images)
     sample = next(iter(next(iter(task["gallery"].values())).values()))[0]["src"]
-    with urllib.request.urlopen(f"http://{args.monitor}{sample}", timeout=10) as response:
-        assert response.headers["content-type"] == "image/jpeg"
-    sys.stdout.write(f"monitor: the run page's data lists {shown} heatmaps and serves them\n")
+    picture = cv2.imdecode(np.frombuffer(monitor_get(f"http://{args.monitor}{sample}", password), np.uint8), 1)
+    assert picture is not None, sample
+    sys.stdout.write(f"monitor: asks for its password; the run page's data lists {shown} heatmaps and serves them\n")
 
 
 if __name__ == "__main__":

@@ -30,10 +30,10 @@ _NOT_FOUND = {"NoSuchKey", "ResourceNotFound"}
 class S3Store(ObjectStore):
     kind = "s3"
 
-    def __init__(self, settings: S3Settings, url_expiry: timedelta = timedelta(days=7)) -> None:
+    def __init__(self, settings: S3Settings) -> None:
         self.settings = settings
         self.bucket = settings.bucket
-        self.url_expiry = url_expiry
+        self.url_expiry = timedelta(seconds=settings.url_expiry)
         # Fail within seconds rather than minutes when the server is down or hung;
         # the trainers queue what could not be delivered. A request that timed
         # out is not sent again: a hung store answers UNAVAILABLE after `timeout`.

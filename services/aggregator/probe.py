@@ -108,8 +108,11 @@ class RoundMaps:
 class ProbeExplainer:
     """Sends the probe requests of a run, one at a time, and hands the replies to ``maps``."""
 
-    def __init__(self, task: TaskConfig, arch: Architecture, probe: Dataset, state_dir: Path, maps: RoundMaps) -> None:
+    def __init__(
+        self, task: TaskConfig, arch: Architecture, probe: Dataset, state_dir: Path, maps: RoundMaps, token: str = ""
+    ) -> None:
         self.task = task
+        self.token = token
         self.arch = arch
         self.probe = probe
         self.maps = maps
@@ -149,6 +152,7 @@ class ProbeExplainer:
             task.explainer_ca_file,
             checkpoint,
             on_reply=self.maps.add,
+            token=self.token,
         )
         if delivery.queued:
             log.warning("%d probe explanation requests wait in %s", delivery.queued, self.outbox.directory)

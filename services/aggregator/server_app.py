@@ -17,7 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedxai.data import Dataset, load_pool, probe_set
 from fedxai.models import ARCHITECTURES, Architecture
-from fedxai.settings import StorageSettings
+from fedxai.settings import StorageSettings, explainer_token
 from fedxai.storage import open_store
 from fedxai.storage.layout import new_run_id
 from fedxai.task import TaskConfig
@@ -44,7 +44,8 @@ def _probe_explainer(task: TaskConfig, arch: Architecture, probe: Dataset, recor
         }
     )
     maps = RoundMaps(probe.labels, task.flag_threshold, recorder.record_comparison)
-    return ProbeExplainer(task, arch, probe, state_dir / task.task_name, maps)
+    token = explainer_token(os.environ)
+    return ProbeExplainer(task, arch, probe, state_dir / task.task_name, maps, token)
 
 
 @app.main()

@@ -19,7 +19,9 @@ from fedxai.settings import (
     ExplainerSettings,
     SettingsError,
     StorageSettings,
+    is_loopback,
     parse_address,
+    read_secret,
 )
 from fedxai.storage import ObjectStore, open_store
 
@@ -57,6 +59,8 @@ def _explainer(args: argparse.Namespace) -> int:
         cached_models=args.cached_models,
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,
+        callers_file=args.callers_file,
+        allow_unauthenticated=args.allow_unauthenticated,
     )
     serve(settings, _open_store(args, create=True))
     return 0
@@ -148,13 +152,35 @@ def _status(args: argparse.Namespace) -> int:
 def _monitor(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from services.cli.credentials import MONITOR_USER
     from services.monitor.app import create_app
 
     host, port = parse_address("--address", args.address)
+    password = read_secret("--password-file", args.password_file) if args.password_file else ""
+    if not (password or args.allow_unauthenticated or is_loopback(host)):
+        raise SettingsError(
+            f"--address {args.address} lets other machines read every run: give --password-file, "
+            "or --allow-unauthenticated to show them to anyone"
+        )
     store = _open_store(args, create=False)
     log.info("monitor storage: %s", store.describe())
+    if not password:
+        log.warning("no password: anyone who reaches %s sees every run", args.address)
+    app = create_app(store, MONITOR_USER, password)
     # No websockets: the page polls, and the websockets stack only adds deprecation noise.
-    uvicorn.run(create_app(store), host=host.strip("[]"), port=port, log_level=args.log_level.lower(), ws="none")
+    uvicorn.run(app, host=host.strip("[]"), port=port, log_level=args.log_level.lower(), ws="none")
+    return 0
+
+
+def _credentials(args: argparse.Namespace) -> int:
+    from services.cli.credentials import CALLERS_FILE, make_credentials
+
+    directory = Path(args.directory)
+    if args.keep_existing and (directory / CALLERS_FILE).exists():
+        sys.stdout.write(f"credentials in {directory} kept\n")
+        return 0
+    written = make_credentials(directory, args.trainer)
+    sys.stdout.write(f"wrote {', '.join(written)} into {directory}\n")
     return 0
 
 
@@ -227,6 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explainer.add_argument("--tls-cert-file", default="", help="PEM certificate chain: serve TLS")
     explainer.add_argument("--tls-key-file", default="", help="PEM private key of the certificate")
+    explainer.add_argument(
+        "--callers-file", default="", help="who may call, and for what (made by `fedxai credentials`)"
+    )
+    explainer.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve every caller on a non-loopback address without --callers-file",
+    )
     _add_storage_arguments(explainer)
     explainer.set_defaults(handler=_explainer)
 
@@ -289,8 +323,31 @@ def build_parser() -> argparse.ArgumentParser:
         "Serve a web page with each run's metrics per round and its heatmaps.",
     )
     monitor.add_argument("--address", default="127.0.0.1:8080", help="HOST:PORT to listen on")
+    monitor.add_argument(
+        "--password-file", default="", help="ask for user fedxai and this password (made by `fedxai credentials`)"
+    )
+    monitor.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve anyone on a non-loopback address without --password-file",
+    )
     _add_storage_arguments(monitor)
     monitor.set_defaults(handler=_monitor)
+
+    credentials = command(
+        "credentials",
+        "make tokens for the explainer's callers and the monitor's password",
+        "Write callers.toml (for `fedxai explainer --callers-file`), a token file per caller (the aggregator, "
+        "each trainer, a reader and an operator) and monitor.password into DIRECTORY, readable by their owner only.",
+    )
+    credentials.add_argument("directory", help="folder for the files")
+    credentials.add_argument(
+        "--trainer", action="append", default=[], metavar="CLIENT_ID", help="a trainer's client id (repeatable)"
+    )
+    credentials.add_argument(
+        "--keep-existing", action="store_true", help="do nothing when DIRECTORY has a callers file already"
+    )
+    credentials.set_defaults(handler=_credentials)
 
     download = command(
         "download-mnist",

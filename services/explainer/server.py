@@ -18,6 +18,7 @@ from fedxai.settings import ExplainerSettings, SettingsError
 from fedxai.storage import ObjectStore
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
+from services.explainer.auth import CallerCheck, Callers
 from services.explainer.explanations import ExplanationService, Limits
 from services.explainer.memory import keep_freed_memory
 from services.explainer.servicer import ExplainerServicer
@@ -34,6 +35,7 @@ class RunningServer:
     port: int
     health: health.HealthServicer
     service: ExplanationService
+    callers: Callers | None  # None: every caller may do everything
 
     def stop(self, grace: float | None) -> None:
         """Reports NOT_SERVING, then lets in-flight calls finish within ``grace`` seconds."""
@@ -52,6 +54,10 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
     # Explain and ListExplanations take at most `calls` threads; the rest answer
     # health checks and GetInfo at once, however busy the explainer is.
     calls = 4 * settings.workers
+    callers = None
+    if settings.callers_file:
+        path = Path(settings.callers_file)
+        callers = Callers.parse(path.read_text(), str(path))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=calls + RESERVED_THREADS, thread_name_prefix="explainer"),
         options=[
@@ -62,6 +68,7 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
         ],
         # Beyond this, calls are refused (RESOURCE_EXHAUSTED) instead of queueing large messages in memory.
         maximum_concurrent_rpcs=calls + RESERVED_THREADS,
+        interceptors=[CallerCheck(callers)] if callers else None,
     )
     service = ExplanationService(store, limits)
     pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(service, calls), server)
@@ -86,7 +93,7 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
     except RuntimeError:
         raise SettingsError(f"cannot listen on {settings.address} (in use, or not this host's address)") from None
     server.start()
-    return RunningServer(server, port, health_servicer, service)
+    return RunningServer(server, port, health_servicer, service, callers)
 
 
 def serve(settings: ExplainerSettings, store: ObjectStore) -> None:
@@ -97,6 +104,15 @@ def serve(settings: ExplainerSettings, store: ObjectStore) -> None:
     host = settings.address.rpartition(":")[0]
     security = "TLS" if settings.tls_cert_file else "plaintext"
     log.info("explainer serving on %s:%d (%s), storage: %s", host, running.port, security, store.describe())
+    if running.callers is None:
+        log.warning(
+            "no authentication: any process that reaches %s:%d may store and read explanations "
+            "(for development on one machine; see `fedxai credentials`)",
+            host,
+            running.port,
+        )
+    else:
+        log.info("%d callers known from %s", len(running.callers), settings.callers_file)
 
     stop_requested = threading.Event()
 

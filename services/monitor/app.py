@@ -11,6 +11,9 @@ nothing can be written through it.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -259,7 +262,31 @@ class SecurityHeaders(BaseHTTPMiddleware):
         return response
 
 
-def create_app(store: ObjectStore) -> Starlette:
+class BasicAuth(BaseHTTPMiddleware):
+    """Asks for the user and password (HTTP basic authentication, which every browser
+    prompts for) before anything else is served."""
+
+    def __init__(self, app: Any, user: str, password: str) -> None:
+        super().__init__(app)
+        self._expected = f"{user}:{password}".encode()
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+        try:
+            given = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            given = b""
+        if scheme.lower() == "basic" and hmac.compare_digest(given, self._expected):
+            return await call_next(request)
+        return Response(
+            "the monitoring page needs its user and password\n",
+            status_code=401,
+            media_type="text/plain",
+            headers={"WWW-Authenticate": 'Basic realm="FedXAI", charset="UTF-8"', **SECURITY_HEADERS},
+        )
+
+
+def create_app(store: ObjectStore, user: str = "", password: str = "") -> Starlette:
     """The page's routes. Handlers are plain functions, which Starlette runs in its
     thread pool: a slow store read never holds up the event loop."""
     monitor = Monitor(store)
@@ -341,5 +368,8 @@ def create_app(store: ObjectStore) -> Starlette:
             Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static"),
         ],
         exception_handlers={404: not_found, 405: not_found},
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[
+            Middleware(SecurityHeaders),
+            *([Middleware(BasicAuth, user=user, password=password)] if password else []),
+        ],
     )

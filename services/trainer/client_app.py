@@ -6,6 +6,7 @@ the data split is recomputed (deterministically) and the outbox lives on disk.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from fedxai.attacks import poison
 from fedxai.data import Dataset, load_pool, partition, train_validation_split
 from fedxai.delivery import Delivery, Outbox, deliver
 from fedxai.models import ARCHITECTURES, Architecture
-from fedxai.settings import SettingsError
+from fedxai.settings import SettingsError, explainer_token
 from fedxai.task import CAM_METHODS, TaskConfig, validate_id_setting
 from fedxai.v1 import explainer_pb2 as pb
 from services.trainer.explainer_link import build_request
@@ -139,7 +140,13 @@ def evaluate(msg: Message, context: Context) -> Message:
             )
         outbox = Outbox(node.state_dir / "outbox")
         delivery = deliver(
-            task.explainer_address, task.explainer_timeout, outbox, request, task.explainer_ca_file, checkpoint
+            task.explainer_address,
+            task.explainer_timeout,
+            outbox,
+            request,
+            task.explainer_ca_file,
+            checkpoint,
+            token=explainer_token(os.environ),
         )
     metrics = MetricRecord(
         {
