@@ -30,6 +30,10 @@ class ResourceExhausted(FedxaiError):
     """The request is over a configured size limit."""
 
 
+class Abandoned(FedxaiError):
+    """The caller cancelled, or its deadline passed: the work stopped, nothing was stored."""
+
+
 class StoreError(Exception):
     """The object store failed; the message says how, without secrets."""
 

@@ -163,6 +163,8 @@ class ExplainerSettings:
     workers: int = 4
     cached_models: int = 4  # decoded models kept for reuse; 0: none
     grace_seconds: float = 5.0
+    # How often the store is checked; while it does not answer, health says NOT_SERVING.
+    store_check_seconds: float = 5.0
     # PEM files; both set: TLS, neither: plaintext.
     tls_cert_file: str = ""
     tls_key_file: str = ""

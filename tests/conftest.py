@@ -126,31 +126,22 @@ NANIO_ACCESS_KEY = "fedxai-test"
 NANIO_SECRET_KEY = "fedxai-test-secret-key"
 
 
+def start_nanio(port: int, data_dir: Path) -> subprocess.Popen:
+    """nanio serving ``data_dir`` on 127.0.0.1:``port``, once it listens."""
+    env = {**os.environ, "NANIO_ACCESS_KEY": NANIO_ACCESS_KEY, "NANIO_SECRET_KEY": NANIO_SECRET_KEY}
+    nanio = Path(sys.executable).with_name("nanio")
+    arguments = ["--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
+    process = subprocess.Popen([str(nanio), "serve", *arguments, "--log-level", "warning", "--no-access-log"], env=env)
+    wait_for_port(port, process)
+    return process
+
+
 @pytest.fixture(scope="session")
 def nanio_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """nanio on loopback: checks SigV4 signatures and presigned-URL expiry."""
     port = free_port()
-    env = {**os.environ, "NANIO_ACCESS_KEY": NANIO_ACCESS_KEY, "NANIO_SECRET_KEY": NANIO_SECRET_KEY}
-    nanio = Path(sys.executable).with_name("nanio")
-    data_dir = tmp_path_factory.mktemp("nanio")
-    process = subprocess.Popen(
-        [
-            str(nanio),
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-        ],
-        env=env,
-    )
+    process = start_nanio(port, tmp_path_factory.mktemp("nanio"))
     try:
-        wait_for_port(port, process)
         yield f"127.0.0.1:{port}"
     finally:
         process.terminate()

@@ -45,6 +45,10 @@ class ObjectStore(ABC):
     def get(self, key: str) -> bytes: ...
 
     @abstractmethod
+    def delete(self, key: str) -> None:
+        """Removes the object; a missing one is no error."""
+
+    @abstractmethod
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
-from fedxai.errors import InvalidArgument, ObjectNotFound, StoreMisconfigured
+from fedxai.errors import InvalidArgument, ObjectNotFound, StoreMisconfigured, StoreUnavailable
 from fedxai.storage.base import ObjectInfo, ObjectStore
 from fedxai.storage.layout import validate_key
 
@@ -54,14 +54,17 @@ class LocalStore(ObjectStore):
     ) -> None:
         # The manifest records the metadata; a folder has nowhere native to keep it.
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         # Write then rename, so a reader never sees half a file. The mode is what
         # the umask makes of rw-rw-rw-, as for any other file.
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as handle:
                 handle.write(data)
             os.replace(tmp, path)
+        except OSError as error:  # a full disk, a read-only folder: the store cannot take it now
+            tmp.unlink(missing_ok=True)
+            raise StoreUnavailable(f"cannot write {key!r} under {self.root}: {error.strerror}") from None
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -71,6 +74,12 @@ class LocalStore(ObjectStore):
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(key) from None
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as error:
+            raise StoreUnavailable(f"cannot delete {key!r} under {self.root}: {error.strerror}") from None
 
     def exists(self, key: str) -> bool:
         try:

@@ -124,6 +124,11 @@ class S3Store(ObjectStore):
                 response.close()
                 response.release_conn()
 
+    def delete(self, key: str) -> None:
+        validate_key("key", key)
+        with self._translated("delete", key):
+            self.client.remove_object(bucket_name=self.bucket, object_name=key)
+
     def exists(self, key: str) -> bool:
         validate_key("key", key)
         try:

@@ -11,8 +11,8 @@ import json
 import logging
 import threading
 import zlib
-from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import cast
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fedxai import __version__
-from fedxai.errors import InvalidArgument
+from fedxai.errors import Abandoned, InvalidArgument
 from fedxai.models import ARCHITECTURES
 from fedxai.records import Manifest, ManifestImage, Subject
 from fedxai.storage import ObjectStore, read_document
@@ -35,6 +35,7 @@ from services.explainer.cam.grad_cam import GradCAM
 from services.explainer.inputs import SUBJECT_VALUES, SUBJECTS, ExplainJob, Scoring, parse_explain_request
 from services.explainer.loaded_models import ModelCache
 from services.explainer.render import Caption, encode_jpeg, render_explanations
+from services.explainer.store_watch import StoreWatch
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,19 @@ class Limits:
     max_message_bytes: int
     max_batch_size: int
     cached_models: int
+
+
+# Whether the caller still waits for the answer (gRPC's context.is_active).
+StillWanted = Callable[[], bool]
+
+
+def _always() -> bool:
+    return True
+
+
+def _check_wanted(still_wanted: StillWanted, stage: str) -> None:
+    if not still_wanted():
+        raise Abandoned("", f"the caller cancelled or its deadline passed; stopped {stage}")
 
 
 def pick_samples_per_class(labels: np.ndarray, predicted: np.ndarray, probability: np.ndarray) -> dict[int, int]:
@@ -203,9 +217,14 @@ def add_scores(job: ExplainJob, computed: Computed) -> Computed:
     )
 
 
-def compute_and_score(job: ExplainJob) -> Computed:
+def compute_and_score(job: ExplainJob, still_wanted: StillWanted = _always) -> Computed:
+    # A call can wait a while for the compute lane: by its turn, its caller may be gone.
+    _check_wanted(still_wanted, "before computing")
     computed = compute(job)
-    return add_scores(job, computed) if job.scoring == Scoring.NOW else computed
+    if job.scoring != Scoring.NOW:
+        return computed
+    _check_wanted(still_wanted, "before scoring")
+    return add_scores(job, computed)
 
 
 def methods_per_sample(job: ExplainJob, computed: Computed) -> tuple[list[str], dict[int, dict]]:
@@ -385,6 +404,23 @@ class _Comparisons:
         return message
 
 
+def _all_or_none(
+    futures: list[Future[tuple[pb.ClassImage, ManifestImage | None]]], raise_first: bool = True
+) -> list[tuple[pb.ClassImage, ManifestImage | None]]:
+    """Every result, or, at the first failure, the tasks not started yet cancelled and
+    the running ones waited for, so that nothing is written after the call answers."""
+    done, pending = wait(futures, return_when=FIRST_EXCEPTION)
+    failed = next((f for f in done if f.cancelled() or f.exception() is not None), None)
+    if failed is None:
+        return [future.result() for future in futures]
+    for future in pending:
+        future.cancel()
+    wait(pending)
+    if raise_first:
+        failed.result()  # its error, or CancelledError for a task cancelled before
+    return []
+
+
 def _log_failure(done: Future[None]) -> None:
     error = done.exception()
     if error is not None:
@@ -392,9 +428,16 @@ def _log_failure(done: Future[None]) -> None:
 
 
 class ExplanationService:
-    def __init__(self, store: ObjectStore, limits: Limits) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        limits: Limits,
+        store_check_seconds: float = 5.0,
+        on_store_change: Callable[[bool], None] | None = None,
+    ) -> None:
         self.store = store
         self.limits = limits
+        self.store_watch = StoreWatch(store, store_check_seconds, on_store_change or (lambda _available: None))
         self.models = ModelCache(limits.cached_models)
         # Calls for the same task, round and client (a resent request, say) must not
         # interleave their read-modify-write of the manifest: one lock per key stripe.
@@ -408,15 +451,24 @@ class ExplanationService:
         self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
         self._drawing_parts = torch.get_num_threads()
 
+    def start(self) -> None:
+        """Starts watching the store (the service works without; it then never fails fast)."""
+        self.store_watch.start()
+
     def close(self) -> None:
         """Waits for the scores still being computed for answered calls."""
         self._scoring.shutdown()
         self.compute_lane.shutdown()
         self._image_workers.shutdown()
+        self.store_watch.stop()
 
-    def explain(self, request: pb.ExplainRequest) -> pb.ExplainResponse:
+    def explain(self, request: pb.ExplainRequest, still_wanted: StillWanted = _always) -> pb.ExplainResponse:
         job = parse_explain_request(request, self.store, self.models, self.limits.max_batch_size)
-        computed = self.compute_lane.submit(compute_and_score, job).result()
+        if job.store:
+            self.store_watch.require_available()
+        computed = self.compute_lane.submit(compute_and_score, job, still_wanted).result()
+        # Stored only while the caller waits: one that gave up sends it again.
+        _check_wanted(still_wanted, "before storing")
         response = self._draw_and_keep(job, computed)
         if job.scoring == Scoring.AFTER_REPLY:
             self._scoring.submit(self._score_stored, job, computed).add_done_callback(_log_failure)
@@ -449,6 +501,7 @@ class ExplanationService:
         sanity = response.sanity if computed.sanity else None
         context = DrawingContext(job, computed.layer_name, response.samples, sanity, selections)
         with self._manifest_lock(job):
+            previous = (read_document(self.store, job.folder.manifest_key) or {}) if job.store else {}
             # Drawing and encoding release the GIL: the classes are split across the
             # cores torch computes on.
             parts = min(len(drawn), self._drawing_parts)
@@ -459,12 +512,24 @@ class ExplanationService:
                 for part in range(parts)
             ]
             kept: list[Future[tuple[pb.ClassImage, ManifestImage | None]]] = []
-            for drawing in as_completed(drawings):
-                # One task a picture: S3 uploads wait on the network, not on a core.
-                kept += [self._image_workers.submit(self._keep, context, *pair) for pair in drawing.result()]
-            outcomes = sorted((future.result() for future in kept), key=lambda outcome: outcome[0].label)
-            if job.store:
-                response.manifest_key = self._write_manifest(job, [entry for _, entry in outcomes if entry], context)
+            try:
+                for drawing in as_completed(drawings):
+                    # One task a picture: S3 uploads wait on the network, not on a core.
+                    kept += [self._image_workers.submit(self._keep, context, *pair) for pair in drawing.result()]
+                outcomes = sorted(_all_or_none(kept), key=lambda outcome: outcome[0].label)
+                if job.store:
+                    entries = [entry for _, entry in outcomes if entry]
+                    response.manifest_key = self._write_manifest(job, previous, entries, context)
+            except BaseException:
+                # Nothing half-stored: the pictures this call wrote go, unless the
+                # manifest already there lists them (a resent call redraws those).
+                wait(drawings)
+                _all_or_none(kept, raise_first=False)
+                if job.store:
+                    listed = {entry.get("key") for entry in previous.get("images", []) if isinstance(entry, dict)}
+                    written = {job.folder.class_image_key(image.label) for image in drawn}
+                    self.store_watch.remove(written - listed)
+                raise
         response.images.extend(image for image, _ in outcomes)
         return response
 
@@ -500,11 +565,12 @@ class ExplanationService:
         key = job.folder.manifest_key
         return self._manifest_locks[zlib.crc32(key.encode()) % len(self._manifest_locks)]
 
-    def _write_manifest(self, job: ExplainJob, entries: list[ManifestImage], context: DrawingContext) -> str:
-        """Writes the manifest, keeping entries of classes this call did not redraw.
-        The sanity check is the latest call's."""
+    def _write_manifest(
+        self, job: ExplainJob, previous: dict, entries: list[ManifestImage], context: DrawingContext
+    ) -> str:
+        """Writes the manifest, keeping entries of the ``previous`` one for classes this
+        call did not redraw. The sanity check is the latest call's."""
         key = job.folder.manifest_key
-        previous = read_document(self.store, key) or {}
         redrawn = {entry["label"] for entry in entries}
         kept = [e for e in previous.get("images", []) if e.get("label") not in redrawn]
         manifest: Manifest = {

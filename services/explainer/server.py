@@ -70,13 +70,18 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
         maximum_concurrent_rpcs=calls + RESERVED_THREADS,
         interceptors=[CallerCheck(callers)] if callers else None,
     )
-    service = ExplanationService(store, limits)
-    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(service, calls), server)
-
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def report_store(available: bool) -> None:
+        # Without its store the explainer cannot keep anything: not serving.
+        status = health_pb2.HealthCheckResponse.SERVING if available else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            health_servicer.set(name, status)
+
+    report_store(True)
+    service = ExplanationService(store, limits, settings.store_check_seconds, report_store)
+    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(service, calls), server)
 
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -93,6 +98,7 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
     except RuntimeError:
         raise SettingsError(f"cannot listen on {settings.address} (in use, or not this host's address)") from None
     server.start()
+    service.start()
     return RunningServer(server, port, health_servicer, service, callers)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from fedxai.errors import (
+    Abandoned,
     FailedPrecondition,
     FedxaiError,
     InvalidArgument,
@@ -40,6 +41,7 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (ObjectNotFound, grpc.StatusCode.NOT_FOUND),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (Abandoned, grpc.StatusCode.CANCELLED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (StoreMisconfigured, grpc.StatusCode.FAILED_PRECONDITION),
     (StoreError, grpc.StatusCode.UNAVAILABLE),
@@ -96,7 +98,7 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     @translate_errors
     def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:  # noqa: N802
         with self._admitted():
-            return self.service.explain(request)
+            return self.service.explain(request, context.is_active)
 
     @translate_errors
     def ListExplanations(  # noqa: N802
