@@ -159,7 +159,10 @@ class StorageSettings:
 class ExplainerSettings:
     address: str = DEFAULT_EXPLAINER_ADDRESS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    max_batch_size: int = 1024
+    # Compute holds about 1 MB a sample (mnist_cnn): 512 samples fit the default budget.
+    max_batch_size: int = 512
+    # What Explain calls may hold at once (see services.explainer.budget).
+    memory_budget_bytes: int = 768 * MIB
     workers: int = 4
     cached_models: int = 4  # decoded models kept for reuse; 0: none
     grace_seconds: float = 5.0
@@ -187,7 +190,7 @@ class ExplainerSettings:
         for path in (self.tls_cert_file, self.tls_key_file):
             if path and not Path(path).is_file():
                 raise SettingsError(f"TLS file {path} does not exist")
-        for name in ("max_message_bytes", "max_batch_size", "workers"):
+        for name in ("max_message_bytes", "max_batch_size", "workers", "memory_budget_bytes"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive, got {getattr(self, name)}")
         if self.cached_models < 0:

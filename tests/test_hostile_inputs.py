@@ -18,11 +18,12 @@ import PIL.Image
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fedxai.errors import InvalidArgument
+from fedxai.errors import InvalidArgument, ResourceExhausted
 from fedxai.settings import ExplainerSettings
 from fedxai.storage import LocalStore
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
+from services.explainer.budget import MemoryBudget, estimated_bytes
 from services.explainer.server import create_server
 from tests.conftest import CHANNEL_OPTIONS
 from tests.helpers import RUN_DIR, explain_request, png
@@ -174,6 +175,69 @@ def test_health_answers_while_every_worker_explains(local_store, mnist, mnist_we
                 call.join()
     finally:
         server.stop(grace=None)
+
+
+def test_calls_share_a_memory_budget(local_store, mnist, mnist_weights):
+    images, labels = mnist
+    half = explain_request(images[:256], labels[:256], mnist_weights, scoring=pb.SCORING_SKIP)
+    # Room for one 256-sample call (about 280 MB by the estimate), not two, nor a 512-sample one.
+    budget = estimated_bytes(half, 512) * 3 // 2
+    settings = ExplainerSettings(address="127.0.0.1:0", memory_budget_bytes=budget)
+    server = create_server(settings, local_store)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.ExplainerStub(channel)
+            error = refused(stub, explain_request(images[:512], labels[:512], mnist_weights))
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error.details().startswith("explainer: this call needs about") and "fewer samples" in error.details()
+            replies: list[pb.ExplainResponse] = []
+            calls = [
+                threading.Thread(target=lambda r: replies.append(stub.Explain(r, timeout=300)), args=(request,))
+                for request in (
+                    half,
+                    explain_request(images[:256], labels[:256], mnist_weights, round=2, scoring=pb.SCORING_SKIP),
+                )
+            ]
+            for call in calls:
+                call.start()
+            for call in calls:
+                call.join()
+            assert len(replies) == 2, "the second call waited for room instead of failing"
+    finally:
+        server.stop(grace=None)
+
+
+def test_a_call_that_finds_no_room_in_time_is_refused():
+    budget = MemoryBudget(100)
+    held = threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with budget.reserve(80, wait_seconds=1):
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(10)
+    started = time.monotonic()
+    with pytest.raises(ResourceExhausted, match="taken by other calls"), budget.reserve(30, wait_seconds=0.3):
+        pass
+    assert 0.25 < time.monotonic() - started < 2
+    waiter_done = threading.Event()
+
+    def wait_for_room() -> None:
+        with budget.reserve(30, wait_seconds=10):
+            waiter_done.set()
+
+    waiter = threading.Thread(target=wait_for_room)
+    waiter.start()
+    time.sleep(0.2)
+    assert not waiter_done.is_set() and budget.used == 80
+    release.set()
+    waiter.join(10)
+    holder.join(10)
+    assert waiter_done.is_set() and budget.used == 0
 
 
 def test_the_explainer_keeps_serving_after_all_of_them(stub, mnist, mnist_weights, local_store):

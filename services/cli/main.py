@@ -55,6 +55,7 @@ def _explainer(args: argparse.Namespace) -> int:
         address=args.address,
         max_message_bytes=args.max_message_mib * MIB,
         max_batch_size=args.max_batch_size,
+        memory_budget_bytes=args.memory_budget_mib * MIB,
         workers=args.workers,
         cached_models=args.cached_models,
         tls_cert_file=args.tls_cert_file,
@@ -243,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explainer.add_argument(
         "--max-batch-size", type=int, default=defaults.max_batch_size, help="most samples per Explain call"
+    )
+    explainer.add_argument(
+        "--memory-budget-mib",
+        type=int,
+        default=defaults.memory_budget_bytes // MIB,
+        help="memory Explain calls may hold at once; beyond it they wait, then get RESOURCE_EXHAUSTED",
     )
     explainer.add_argument("--workers", type=int, default=defaults.workers, help="requests served at once")
     explainer.add_argument(

@@ -19,6 +19,7 @@ from fedxai.storage import ObjectStore
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 from services.explainer.auth import CallerCheck, Callers
+from services.explainer.budget import MemoryBudget
 from services.explainer.explanations import ExplanationService, Limits
 from services.explainer.memory import keep_freed_memory
 from services.explainer.servicer import ExplainerServicer
@@ -81,7 +82,8 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
 
     report_store(True)
     service = ExplanationService(store, limits, settings.store_check_seconds, report_store)
-    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(service, calls), server)
+    budget = MemoryBudget(settings.memory_budget_bytes)
+    pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(service, calls, budget), server)
 
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

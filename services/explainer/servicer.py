@@ -30,6 +30,7 @@ from fedxai.errors import (
 )
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
+from services.explainer.budget import MAX_WAIT, MemoryBudget, estimated_bytes
 from services.explainer.explanations import ExplanationService
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,9 @@ def translate_errors(handler: Handler) -> Handler:
 
 
 class ExplainerServicer(pb_grpc.ExplainerServicer):
-    def __init__(self, service: ExplanationService, max_calls: int) -> None:
+    def __init__(self, service: ExplanationService, max_calls: int, budget: MemoryBudget) -> None:
         self.service = service
+        self.budget = budget
         # The heavy calls share this many of the server's threads; the others stay free.
         self._calls = threading.BoundedSemaphore(max_calls)
         self._max_calls = max_calls
@@ -98,7 +100,9 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     @translate_errors
     def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:  # noqa: N802
         with self._admitted():
-            return self.service.explain(request, context.is_active)
+            cost = estimated_bytes(request, self.service.limits.max_batch_size)
+            with self.budget.reserve(cost, context.time_remaining() or MAX_WAIT):
+                return self.service.explain(request, context.is_active)
 
     @translate_errors
     def ListExplanations(  # noqa: N802
