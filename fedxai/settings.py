@@ -100,7 +100,7 @@ class S3Settings:
     # the services talk to minio:9000 inside a compose network).
     public_endpoint: str = ""
     # Seconds a request may wait for the server's answer: a hung store is UNAVAILABLE by then.
-    timeout: float = 10.0
+    timeout: float = 8.0
     # Seconds a presigned URL works: long enough to fetch, short enough that a leaked
     # listing soon opens nothing.
     url_expiry: float = 3600.0
@@ -158,11 +158,13 @@ class StorageSettings:
 @dataclass(frozen=True)
 class ExplainerSettings:
     address: str = DEFAULT_EXPLAINER_ADDRESS
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
-    # Compute holds about 1 MB a sample (mnist_cnn): 512 samples fit the default budget.
-    max_batch_size: int = 512
+    # The largest request. Up to 4 x workers + 4 calls are received at once, each held
+    # twice (bytes, parsed): at 16 MiB that is at most 640 MiB before any check runs.
+    max_message_bytes: int = 16 * MIB
+    # Compute holds about 1 MB a sample (mnist_cnn): 256 samples fit the default budget.
+    max_batch_size: int = 256
     # What Explain calls may hold at once (see services.explainer.budget).
-    memory_budget_bytes: int = 768 * MIB
+    memory_budget_bytes: int = 512 * MIB
     workers: int = 4
     cached_models: int = 4  # decoded models kept for reuse; 0: none
     grace_seconds: float = 5.0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,3 +105,18 @@ def with_flipped_outputs(model: torch.nn.Module, a: int = 1, b: int = 7) -> dict
     for name in ("fc2.weight", "fc2.bias"):
         state[name][[a, b]] = state[name][[b, a]]
     return state
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def inflating_png(width: int, height: int, inflated_bytes: int) -> bytes:
+    """A grey PNG that declares width x height but whose pixel data inflates to ``inflated_bytes``."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    pixels = zlib.compress(b"\0" * inflated_bytes, 9)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", pixels) + png_chunk(b"IEND", b"")
+
+
+def safetensors_with_header(header: bytes) -> bytes:
+    return struct.pack("<Q", len(header)) + header

@@ -179,7 +179,19 @@ BAD_REQUESTS = [
         "zero std",
         lambda r, w: r.normalization.std.append(0.0),
         INVALID,
-        "normalization.std: values must be positive",
+        "normalization.std: values must lie in [1e-06, 1e+06]",
+    ),
+    (
+        "denormal std",
+        lambda r, w: r.normalization.std.append(1e-45),
+        INVALID,
+        "normalization.std: values must lie in [1e-06, 1e+06]",
+    ),
+    (
+        "huge mean",
+        lambda r, w: r.normalization.mean.append(1e38),
+        INVALID,
+        "normalization.mean: values must lie in [-1e+06, 1e+06]",
     ),
     (
         "missing checkpoint",

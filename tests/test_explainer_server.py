@@ -267,7 +267,7 @@ def test_get_info_describes_methods_architectures_and_limits(stub):
     assert mnist_arch.default_target_layer == "relu2"
     assert list(mnist_arch.target_layers) == ["relu1", "relu2", "pool"]
     assert "CAM_METHOD_AUTO" in info.methods
-    assert info.max_message_bytes >= 64 * 1024 * 1024
+    assert info.max_message_bytes == 16 * 1024 * 1024
     assert info.max_batch_size == 256
     assert info.storage == "local"
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import threading
 import time
-import zlib
 
 import grpc
 import numpy as np
@@ -21,33 +19,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fedxai.errors import InvalidArgument, ResourceExhausted
 from fedxai.settings import ExplainerSettings
 from fedxai.storage import LocalStore
+from fedxai.tensors import encode_state_dict
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 from services.explainer.budget import MemoryBudget, estimated_bytes
 from services.explainer.server import create_server
 from tests.conftest import CHANNEL_OPTIONS
-from tests.helpers import RUN_DIR, explain_request, png
-
-
-def chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def inflating_png(width: int, height: int, inflated_bytes: int) -> bytes:
-    """A grey PNG that declares width x height but whose pixel data inflates to ``inflated_bytes``."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    pixels = zlib.compress(b"\0" * inflated_bytes, 9)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+from tests.helpers import RUN_DIR, explain_request, inflating_png, png, safetensors_with_header
 
 
 def encoded(image: np.ndarray, fmt: str) -> bytes:
     buffer = io.BytesIO()
     PIL.Image.fromarray(image).save(buffer, format=fmt)
     return buffer.getvalue()
-
-
-def safetensors_with_header(header: bytes) -> bytes:
-    return struct.pack("<Q", len(header)) + header
 
 
 def images_request(mnist, images: list[bytes], **fields: object) -> pb.ExplainRequest:
@@ -177,12 +161,24 @@ def test_health_answers_while_every_worker_explains(local_store, mnist, mnist_we
         server.stop(grace=None)
 
 
+def test_a_model_whose_outputs_overflow_is_refused(stub, mnist, trained_mnist_cnn, local_store):
+    images, labels = mnist
+    state = {name: value.clone() for name, value in trained_mnist_cnn.state_dict().items()}
+    for name in ("conv1.weight", "conv2.weight"):
+        state[name] *= 1e20  # finite weights, activations beyond float32
+    weights = encode_state_dict(state, {})
+    error = refused(stub, explain_request(images[:8], labels[:8], weights))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.details().startswith("model: its outputs for these samples are not finite")
+    assert local_store.list() == []
+
+
 def test_calls_share_a_memory_budget(local_store, mnist, mnist_weights):
     images, labels = mnist
     half = explain_request(images[:256], labels[:256], mnist_weights, scoring=pb.SCORING_SKIP)
     # Room for one 256-sample call (about 280 MB by the estimate), not two, nor a 512-sample one.
     budget = estimated_bytes(half, 512) * 3 // 2
-    settings = ExplainerSettings(address="127.0.0.1:0", memory_budget_bytes=budget)
+    settings = ExplainerSettings(address="127.0.0.1:0", memory_budget_bytes=budget, max_batch_size=512)
     server = create_server(settings, local_store)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS) as channel:

@@ -164,4 +164,4 @@ def test_a_bad_s3_timeout_is_named(value: str) -> None:
     env = {"FEDXAI_S3_ENDPOINT": "127.0.0.1:9", "FEDXAI_S3_ACCESS_KEY": "a", "FEDXAI_S3_SECRET_KEY": "b"}
     with pytest.raises(SettingsError, match=f"FEDXAI_S3_TIMEOUT='{value}'"):
         StorageSettings.from_env({**env, "FEDXAI_S3_TIMEOUT": value})
-    assert StorageSettings.from_env(env).s3.timeout == 10.0  # type: ignore[union-attr]
+    assert StorageSettings.from_env(env).s3.timeout == 8.0  # type: ignore[union-attr]

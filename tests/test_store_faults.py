@@ -171,7 +171,7 @@ def test_a_caller_gone_before_its_turn_stores_nothing(request_of, local_store):
     try:
         with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS) as channel:
             stub = pb_grpc.ExplainerStub(channel)
-            long_call = threading.Thread(target=stub.Explain, args=(request_of(1, count=512),), kwargs={"timeout": 120})
+            long_call = threading.Thread(target=stub.Explain, args=(request_of(1, count=256),), kwargs={"timeout": 120})
             long_call.start()
             time.sleep(0.3)
             with pytest.raises(grpc.RpcError) as raised:

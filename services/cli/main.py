@@ -240,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     explainer = command("explainer", "serve the Explainer gRPC service", "Serve the Explainer over gRPC.")
     explainer.add_argument("--address", default=defaults.address, help="HOST:PORT to listen on")
     explainer.add_argument(
-        "--max-message-mib", type=int, default=defaults.max_message_bytes // MIB, help="largest request or response"
+        "--max-message-mib", type=int, default=defaults.max_message_bytes // MIB, help="largest request"
     )
     explainer.add_argument(
         "--max-batch-size", type=int, default=defaults.max_batch_size, help="most samples per Explain call"

@@ -146,7 +146,7 @@ class CallerCheck(grpc.ServerInterceptor):
         metadata = {key: value for key, value in details.invocation_metadata if isinstance(value, str)}
         caller = self.callers.identify(metadata)
         if caller is None:
-            # Refused before the request is even parsed: a stranger's 64 MiB costs no decoding.
+            # Refused before the request is even parsed: a stranger's 16 MiB cost no decoding.
             return grpc.unary_unary_rpc_method_handler(
                 _refuse(
                     grpc.StatusCode.UNAUTHENTICATED,

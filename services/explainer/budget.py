@@ -14,7 +14,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -69,8 +69,9 @@ def estimated_bytes(request: pb.ExplainRequest, max_batch_size: int) -> int:
 
 
 class MemoryBudget:
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(self, limit_bytes: int, on_idle: Callable[[], None] = lambda: None) -> None:
         self.limit = limit_bytes
+        self._on_idle = on_idle  # called when the last call in flight has finished
         self._used = 0
         self._room = threading.Condition()
 
@@ -104,4 +105,7 @@ class MemoryBudget:
         finally:
             with self._room:
                 self._used -= nbytes
+                idle = self._used == 0
                 self._room.notify_all()
+            if idle:
+                self._on_idle()

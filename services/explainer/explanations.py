@@ -179,6 +179,8 @@ def compute(job: ExplainJob) -> Computed:
     with job.model.borrow() as model:
         cam = (job.method or GradCAM)(model, target_layers(job.model.architecture), job.target_layer)
         result = cam.compute(job.normalised_inputs(), None if job.explain_predicted else job.labels)
+    if not (torch.isfinite(result.logits).all() and torch.isfinite(result.maps).all()):
+        raise InvalidArgument("model", "its outputs for these samples are not finite (huge weights?)")
     logits = result.logits.numpy()
     exp = np.exp(logits - logits.max(axis=1, keepdims=True))
     probabilities = exp / exp.sum(axis=1, keepdims=True)

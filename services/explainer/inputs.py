@@ -38,6 +38,7 @@ class Scoring(enum.Enum):
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each PNG colour type
+MIN_STD, MAX_NORMALISATION = 1e-6, 1e6
 
 # The layout's name of each subject (see Folder).
 SUBJECTS = {
@@ -279,8 +280,13 @@ def _normalisation(message: pb.Normalization, architecture: Architecture) -> tup
     for name, values in (("mean", mean), ("std", std)):
         if not all(np.isfinite(values)):
             raise InvalidArgument(f"normalization.{name}", "contains NaN or Inf")
-    if min(std) <= 0:
-        raise InvalidArgument("normalization.std", "values must be positive")
+    # Beyond these, normalised pixels overflow float32 in the first layers.
+    if not all(MIN_STD <= value <= MAX_NORMALISATION for value in std):
+        raise InvalidArgument("normalization.std", f"values must lie in [{MIN_STD:g}, {MAX_NORMALISATION:g}]")
+    if not all(abs(value) <= MAX_NORMALISATION for value in mean):
+        raise InvalidArgument(
+            "normalization.mean", f"values must lie in [-{MAX_NORMALISATION:g}, {MAX_NORMALISATION:g}]"
+        )
     return (
         torch.tensor(mean, dtype=torch.float32).expand(channels).clone(),
         torch.tensor(std, dtype=torch.float32).expand(channels).clone(),

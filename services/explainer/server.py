@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -14,20 +15,23 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fedxai.settings import ExplainerSettings, SettingsError
+from fedxai.models import ARCHITECTURES
+from fedxai.settings import DEFAULT_MAX_MESSAGE_BYTES, ExplainerSettings, SettingsError
 from fedxai.storage import ObjectStore
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 from services.explainer.auth import CallerCheck, Callers
-from services.explainer.budget import MemoryBudget
+from services.explainer.budget import MemoryBudget, bytes_per_sample
+from services.explainer.cam import target_layers
 from services.explainer.explanations import ExplanationService, Limits
-from services.explainer.memory import keep_freed_memory
+from services.explainer.memory import keep_freed_memory, trim_when_idle
 from services.explainer.servicer import ExplainerServicer
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
 RESERVED_THREADS = 4  # for health checks, GetInfo and reflection
+HEALTH_SWITCH_INTERVAL = 0.001  # seconds; Python's default is 0.005
 
 
 @dataclass
@@ -55,6 +59,11 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
     # Explain and ListExplanations take at most `calls` threads; the rest answer
     # health checks and GetInfo at once, however busy the explainer is.
     calls = 4 * settings.workers
+    # Every architecture traced and measured before the first call: tracing patches
+    # torch's module calls process-wide, and a forward pass running meanwhile fails.
+    for arch in ARCHITECTURES.values():
+        target_layers(arch)
+        bytes_per_sample(arch)
     callers = None
     if settings.callers_file:
         path = Path(settings.callers_file)
@@ -63,7 +72,8 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
         futures.ThreadPoolExecutor(max_workers=calls + RESERVED_THREADS, thread_name_prefix="explainer"),
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", settings.max_message_bytes),
+            # Replies (a long ListExplanations) may be larger than any request needs to be.
+            ("grpc.max_send_message_length", max(settings.max_message_bytes, DEFAULT_MAX_MESSAGE_BYTES)),
             # gRPC shares a port with any process that listens on it already: refuse instead.
             ("grpc.so_reuseport", 0),
         ],
@@ -82,7 +92,7 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
 
     report_store(True)
     service = ExplanationService(store, limits, settings.store_check_seconds, report_store)
-    budget = MemoryBudget(settings.memory_budget_bytes)
+    budget = MemoryBudget(settings.memory_budget_bytes, on_idle=trim_when_idle)
     pb_grpc.add_ExplainerServicer_to_server(ExplainerServicer(service, calls, budget), server)
 
     reflection.enable_server_reflection(
@@ -108,6 +118,9 @@ def serve(settings: ExplainerSettings, store: ObjectStore) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
     if not keep_freed_memory():
         log.info("allocator left at its defaults (the C library is not glibc)")
+    # Health checks and GetInfo wait for the interpreter lock behind busy calls: a
+    # shorter switch interval keeps them answering within milliseconds under load.
+    sys.setswitchinterval(HEALTH_SWITCH_INTERVAL)
     running = create_server(settings, store)
     host = settings.address.rpartition(":")[0]
     security = "TLS" if settings.tls_cert_file else "plaintext"
