@@ -333,9 +333,9 @@ def cpu_attack(
     with grpc.insecure_channel(explainer.address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
-            started = time.monotonic()
+            sent = time.monotonic()
             health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=5)
-            latencies.append((time.monotonic() - started) * 1000)
+            latencies.append((time.monotonic() - sent) * 1000)
             time.sleep(0.05)
     share = (cpu_seconds(explainer.process.pid) - started_cpu) / (time.monotonic() - started)
     for process in attackers:

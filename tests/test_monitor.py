@@ -3,6 +3,7 @@ by the explainer; checked with HTTP requests and in headless Chromium."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from fedxai.storage.layout import metrics_key
 from fedxai.v1 import explainer_pb2 as pb
 from services.aggregator.probe import RoundMaps, probe_request
 from services.explainer.explanations import ExplanationService, Limits
-from services.monitor.app import create_app
+from services.monitor.app import Monitor, create_app
 from tests.helpers import (
     RUN,
     TRAINED_ON,
@@ -368,6 +369,48 @@ def test_run_api_has_metrics_and_the_gallery_of_that_run_only(monitor_url):
     assert len(image["sample_sha256"]) == 64
     status, _, body = get(f"{monitor_url}/api/tasks/xaitest/runs/{OLD_RUN}")
     assert status == 200 and json.loads(body)["gallery"] == {}
+
+
+class CountingStore(LocalStore):
+    """The real folder store, noting which objects are read."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.reads: list[str] = []
+
+    def get(self, key: str) -> bytes:
+        self.reads.append(key)
+        return super().get(key)
+
+
+def test_a_poll_reads_only_the_manifests_written_since_the_last(filled_store, tmp_path):
+    shutil.copytree(filled_store.root, tmp_path / "store")
+    store = CountingStore(tmp_path / "store")
+    monitor = Monitor(store)
+    first = monitor.run("xaitest", RUN)
+    manifests = [key for key in store.reads if key.endswith("/explanations.json")]
+    assert len(manifests) == len(CLIENTS) * 2
+
+    store.reads.clear()
+    assert monitor.run("xaitest", RUN) == first
+    assert not [key for key in store.reads if key.endswith("/explanations.json")]
+
+    key = f"xaitest/runs/{RUN}/round-002/client-1/explanations.json"
+    manifest = json.loads(store.get(key))
+    manifest["images"] = manifest["images"][:3]
+    store.put(key, json.dumps(manifest).encode(), "application/json")
+    store.reads.clear()
+    assert len(monitor.run("xaitest", RUN)["gallery"]["2"]["client-1"]) == 3
+    assert [k for k in store.reads if k.endswith("/explanations.json")] == [key]
+
+
+def test_the_run_api_is_compressed_for_browsers(monitor_url):
+    request = urllib.request.Request(f"{monitor_url}/api/tasks/xaitest/runs/{RUN}", headers={"Accept-Encoding": "gzip"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["Content-Encoding"] == "gzip"
+        compressed = response.read()
+    document = json.loads(gzip.decompress(compressed))
+    assert len(compressed) * 4 < len(json.dumps(document)), (len(compressed), len(json.dumps(document)))
 
 
 def test_each_picture_links_to_its_manifest(monitor_url, filled_store):

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 class ObjectInfo:
     key: str
     size: int
+    # Changes whenever the object is written again (S3's ETag, a file's mtime and size).
+    version: str = ""
 
 
 class ObjectStore(ABC):

@@ -101,7 +101,8 @@ class LocalStore(ObjectStore):
                     continue
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
-                    found.append(ObjectInfo(key, path.stat().st_size))
+                    stat = path.stat()
+                    found.append(ObjectInfo(key, stat.st_size, f"{stat.st_mtime_ns}-{stat.st_size}"))
         return sorted(found, key=lambda info: info.key)
 
     def url(self, key: str) -> str:

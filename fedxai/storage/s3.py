@@ -142,7 +142,7 @@ class S3Store(ObjectStore):
         with self._translated("list", prefix):
             objects = self.client.list_objects(bucket_name=self.bucket, prefix=prefix or None, recursive=True)
             return sorted(
-                (ObjectInfo(obj.object_name, obj.size or 0) for obj in objects if obj.object_name),
+                (ObjectInfo(obj.object_name, obj.size or 0, obj.etag or "") for obj in objects if obj.object_name),
                 key=lambda info: info.key,
             )
 

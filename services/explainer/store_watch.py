@@ -30,7 +30,8 @@ class StoreWatch:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # started
+            self._thread.join()
 
     def require_available(self) -> None:
         """Raises StoreUnavailable at once while the last check failed: no compute

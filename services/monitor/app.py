@@ -15,6 +15,8 @@ import base64
 import binascii
 import hmac
 import re
+import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -31,7 +34,7 @@ from starlette.templating import Jinja2Templates
 
 from fedxai.errors import InvalidArgument, ObjectNotFound
 from fedxai.records import duration_seconds, format_duration, run_state, seconds_per_round
-from fedxai.storage import ObjectStore, read_document, run_records
+from fedxai.storage import ObjectInfo, ObjectStore, read_document, run_records
 from fedxai.storage.layout import (
     GLOBAL_DIR,
     LOGS_DIR,
@@ -90,9 +93,41 @@ def _summary(task: str, run: str, document: dict[str, Any], now: datetime) -> di
     }
 
 
+class ManifestCache:
+    """Manifests as last read, by key and version, least recently used first out:
+    the page polls its run every few seconds, and a run of 10 clients x 50 rounds has
+    1,550 manifests, of which a poll finds one or two new."""
+
+    def __init__(self, store: ObjectStore, max_bytes: int = 16 * 1024 * 1024) -> None:
+        self.store = store
+        self.max_bytes = max_bytes  # of manifest JSON as stored
+        self._held = 0
+        self._documents: OrderedDict[str, tuple[ObjectInfo, dict[str, Any] | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def read(self, info: ObjectInfo) -> dict[str, Any] | None:
+        with self._lock:
+            cached = self._documents.get(info.key)
+            if cached is not None and info.version and cached[0].version == info.version:
+                self._documents.move_to_end(info.key)
+                return cached[1]
+        document = read_document(self.store, info.key)
+        with self._lock:
+            previous = self._documents.pop(info.key, None)
+            if previous is not None:
+                self._held -= previous[0].size
+            self._documents[info.key] = (info, document)
+            self._held += info.size
+            while self._held > self.max_bytes and len(self._documents) > 1:
+                _, (evicted, _) = self._documents.popitem(last=False)
+                self._held -= evicted.size
+        return document
+
+
 class Monitor:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self.manifests = ManifestCache(store)
 
     def tasks(self, only: str = "") -> dict[str, list[dict[str, Any]]]:
         """Every task's runs (or task ``only``'s), newest first (run ids sort by start time)."""
@@ -142,7 +177,7 @@ class Monitor:
                 logs.append(info.key.removeprefix(logs_prefix).removesuffix(".log"))
                 continue
             folder = Folder.of_manifest(info.key)
-            manifest = read_document(self.store, info.key) if folder is not None else None
+            manifest = self.manifests.read(info) if folder is not None else None
             if folder is None or manifest is None:
                 continue
             images = [_gallery_entry(entry, folder) for entry in manifest.get("images", []) if isinstance(entry, dict)]
@@ -370,6 +405,8 @@ def create_app(store: ObjectStore, user: str = "", password: str = "") -> Starle
         exception_handlers={404: not_found, 405: not_found},
         middleware=[
             Middleware(SecurityHeaders),
+            # A run's data is JSON of a few MB for long runs; it compresses tenfold.
+            Middleware(GZipMiddleware, minimum_size=4096),
             *([Middleware(BasicAuth, user=user, password=password)] if password else []),
         ],
     )
