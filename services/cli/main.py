@@ -207,6 +207,16 @@ def _add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_access_arguments(parser: argparse.ArgumentParser, flag: str, help_text: str) -> None:
+    """Who may use a server; on loopback, without ``flag``, anyone on this machine."""
+    parser.add_argument(flag, default="", help=help_text)
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help=f"serve anyone on a non-loopback address without {flag}",
+    )
+
+
 def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, help="federated rounds (task setting num-server-rounds)")
     parser.add_argument("--data-dir", help="MNIST IDX files; default: download with torchvision")
@@ -260,14 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explainer.add_argument("--tls-cert-file", default="", help="PEM certificate chain: serve TLS")
     explainer.add_argument("--tls-key-file", default="", help="PEM private key of the certificate")
-    explainer.add_argument(
-        "--callers-file", default="", help="who may call, and for what (made by `fedxai credentials`)"
-    )
-    explainer.add_argument(
-        "--allow-unauthenticated",
-        action="store_true",
-        help="serve every caller on a non-loopback address without --callers-file",
-    )
+    _add_access_arguments(explainer, "--callers-file", "who may call, and for what (made by `fedxai credentials`)")
     _add_storage_arguments(explainer)
     explainer.set_defaults(handler=_explainer)
 
@@ -330,13 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Serve a web page with each run's metrics per round and its heatmaps.",
     )
     monitor.add_argument("--address", default="127.0.0.1:8080", help="HOST:PORT to listen on")
-    monitor.add_argument(
-        "--password-file", default="", help="ask for user fedxai and this password (made by `fedxai credentials`)"
-    )
-    monitor.add_argument(
-        "--allow-unauthenticated",
-        action="store_true",
-        help="serve anyone on a non-loopback address without --password-file",
+    _add_access_arguments(
+        monitor, "--password-file", "ask for user fedxai and this password (made by `fedxai credentials`)"
     )
     _add_storage_arguments(monitor)
     monitor.set_defaults(handler=_monitor)
