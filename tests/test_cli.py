@@ -114,7 +114,7 @@ def test_help_is_plain_text_and_shows_the_defaults(tmp_path):
         assert f"    {command} " in top
     explainer = run_fedxai("explainer", "--help", env=clean_env()).stdout
     assert (
-        "--max-message-mib MAX_MESSAGE_MIB\n                        largest request or response (default: 64)"
+        "--max-message-mib MAX_MESSAGE_MIB\n                        largest request (default: 16)"
         in explainer
     )
     health = run_fedxai("health", "--help", env=clean_env()).stdout

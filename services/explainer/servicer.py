@@ -101,7 +101,8 @@ class ExplainerServicer(pb_grpc.ExplainerServicer):
     def Explain(self, request: pb.ExplainRequest, context: grpc.ServicerContext) -> pb.ExplainResponse:  # noqa: N802
         with self._admitted():
             cost = estimated_bytes(request, self.service.limits.max_batch_size)
-            with self.budget.reserve(cost, context.time_remaining() or MAX_WAIT):
+            remaining = context.time_remaining()  # None without a deadline
+            with self.budget.reserve(cost, MAX_WAIT if remaining is None else remaining):
                 return self.service.explain(request, context.is_active)
 
     @translate_errors

@@ -41,31 +41,40 @@ class StoreWatch:
 
     def remove(self, keys: Iterable[str]) -> None:
         """Deletes objects a failed call left; what cannot be deleted now is deleted
-        when the store answers again."""
-        for key in sorted(keys):
+        when the store answers again. After a failed delete the store is checked once:
+        if it is away, the rest wait too (on a hung store each delete would wait out
+        its timeout); if it answers, that one object was the trouble, and is logged."""
+        remaining = sorted(keys)
+        while remaining:
+            key = remaining.pop(0)
             try:
                 self.store.delete(key)
             except StoreError as error:
-                log.warning("could not remove %s left by a failed call (%s); will retry", key, error)
+                if self.check_now(remove_leftovers=False):
+                    log.error("could not remove %s, left by a failed call: %s", key, error)
+                    continue
+                log.warning("%d objects left by a failed call wait for the store", len(remaining) + 1)
                 with self._lock:
-                    self._leftovers.add(key)
+                    self._leftovers.update([key, *remaining])
+                return
 
     @property
     def leftovers(self) -> int:
         with self._lock:
             return len(self._leftovers)
 
-    def check_now(self) -> bool:
+    def check_now(self, remove_leftovers: bool = True) -> bool:
         try:
             self.store.check(create=False)
         except StoreError as error:
             self._set(False, str(error))
             return False
         self._set(True, "")
-        with self._lock:
-            leftovers, self._leftovers = self._leftovers, set()
-        if leftovers:
-            self.remove(leftovers)
+        if remove_leftovers:
+            with self._lock:
+                leftovers, self._leftovers = self._leftovers, set()
+            if leftovers:
+                self.remove(leftovers)
         return True
 
     def _set(self, available: bool, reason: str) -> None:
