@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 import threading
 from concurrent import futures
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Explainer"].full_name
 RESERVED_THREADS = 4  # for health checks, GetInfo and reflection
-HEALTH_SWITCH_INTERVAL = 0.001  # seconds; Python's default is 0.005
 
 
 @dataclass
@@ -118,9 +116,6 @@ def serve(settings: ExplainerSettings, store: ObjectStore) -> None:
     """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
     if not keep_freed_memory():
         log.info("allocator left at its defaults (the C library is not glibc)")
-    # Health checks and GetInfo wait for the interpreter lock behind busy calls: a
-    # shorter switch interval keeps them answering within milliseconds under load.
-    sys.setswitchinterval(HEALTH_SWITCH_INTERVAL)
     running = create_server(settings, store)
     host = settings.address.rpartition(":")[0]
     security = "TLS" if settings.tls_cert_file else "plaintext"
