@@ -113,10 +113,7 @@ def test_help_is_plain_text_and_shows_the_defaults(tmp_path):
     for command in ("explainer", "run", "aggregator", "health", "status", "monitor", "download-mnist"):
         assert f"    {command} " in top
     explainer = run_fedxai("explainer", "--help", env=clean_env()).stdout
-    assert (
-        "--max-message-mib MAX_MESSAGE_MIB\n                        largest request (default: 16)"
-        in explainer
-    )
+    assert "--max-message-mib MAX_MESSAGE_MIB\n                        largest request (default: 16)" in explainer
     health = run_fedxai("health", "--help", env=clean_env()).stdout
     assert "seconds to wait for the answer (default: 3.0)" in health
     download = run_fedxai("download-mnist", "--help", env=clean_env()).stdout
