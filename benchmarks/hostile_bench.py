@@ -50,13 +50,12 @@ from fedxai.channels import open_channel
 from fedxai.mnist import load_split
 from fedxai.models import ARCHITECTURES
 from fedxai.settings import MIB, StorageSettings
-from fedxai.storage import read_document
 from fedxai.storage.s3 import S3Store
 from fedxai.tensors import encode_state_dict
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 from services.cli.credentials import make_credentials
-from tests.helpers import explain_request, inflating_png, png, safetensors_with_header
+from tests.helpers import explain_request, inflating_png, png, safetensors_with_header, unlisted_pictures
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FEDXAI = str(Path(sys.executable).with_name("fedxai"))
@@ -398,15 +397,6 @@ def wait_for_health(explainer: Explainer, status: int, within: float = 30.0) -> 
     return time.monotonic() - started
 
 
-def unlisted_pictures(store: S3Store) -> int:
-    keys = {info.key for info in store.list()}
-    listed = set()
-    for key in keys:
-        if key.endswith("/explanations.json"):
-            listed |= {entry["key"] for entry in (read_document(store, key) or {}).get("images", [])}
-    return sum(1 for key in keys if key.endswith(".jpg") and key not in listed)
-
-
 def store_faults(work: Path, valid: Callable[[int], pb.ExplainRequest]) -> None:
     s3 = S3Server(work / "s3")
     explainer = Explainer(work, s3.env())
@@ -464,7 +454,7 @@ def store_faults(work: Path, valid: Callable[[int], pb.ExplainRequest]) -> None:
             answers = ", ".join(f"{code} {n}" for code, n in codes.most_common())
             out(
                 f"S3 killed mid-run and restarted: calls {answers}; pictures no manifest lists: "
-                f"{unlisted_pictures(s3.store())}"
+                f"{len(unlisted_pictures(s3.store()))}"
             )
     finally:
         explainer.stop()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import uvicorn
 
+from fedxai.storage import ObjectStore, read_document
 from fedxai.task import TaskConfig
 from fedxai.tensors import tensor_to_proto
 from fedxai.v1 import explainer_pb2 as pb
@@ -120,3 +121,13 @@ def inflating_png(width: int, height: int, inflated_bytes: int) -> bytes:
 
 def safetensors_with_header(header: bytes) -> bytes:
     return struct.pack("<Q", len(header)) + header
+
+
+def unlisted_pictures(store: ObjectStore, prefix: str = "") -> list[str]:
+    """Pictures under ``prefix`` that no manifest lists: what a failed call would leave."""
+    keys = {info.key for info in store.list(prefix)}
+    listed = set()
+    for key in keys:
+        if key.endswith("/explanations.json"):
+            listed |= {entry["key"] for entry in (read_document(store, key) or {}).get("images", [])}
+    return sorted(key for key in keys if key.endswith(".jpg") and key not in listed)

@@ -22,7 +22,7 @@ from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
 from services.explainer.server import RunningServer, create_server
 from tests.conftest import CHANNEL_OPTIONS, free_port, s3_settings, start_nanio
-from tests.helpers import RUN_DIR, explain_request
+from tests.helpers import RUN_DIR, explain_request, unlisted_pictures
 
 SERVICE = "fedxai.v1.Explainer"
 
@@ -59,16 +59,6 @@ def wait_for_health(channel: grpc.Channel, status: int, within: float = 10.0) ->
         assert time.monotonic() - started < within, f"health never became {status}"
         time.sleep(0.1)
     return time.monotonic() - started
-
-
-def unlisted(store: ObjectStore, prefix: str) -> list[str]:
-    """Pictures under ``prefix`` that no manifest lists: what a failed call would leave."""
-    keys = {info.key for info in store.list(prefix)}
-    listed = set()
-    for key in keys:
-        if key.endswith("/explanations.json"):
-            listed |= {entry["key"] for entry in (read_document(store, key) or {}).get("images", [])}
-    return sorted(key for key in keys if key.endswith(".jpg") and key not in listed)
 
 
 def test_a_file_the_store_refuses_leaves_nothing_of_the_call(request_of, tmp_path):
@@ -139,7 +129,7 @@ def test_s3_killed_mid_run_then_back_loses_nothing(request_of, tmp_path):
             for round_number in (1, 2, 3):
                 manifest = read_document(store, f"{RUN_DIR}/round-{round_number:03d}/client-0/explanations.json")
                 assert manifest is not None and len(manifest["images"]) == 10, round_number
-            assert unlisted(store, f"{RUN_DIR}/") == []
+            assert unlisted_pictures(store, f"{RUN_DIR}/") == []
             assert server.service.store_watch.leftovers == 0
     finally:
         server.stop(grace=None)
