@@ -37,6 +37,9 @@ class GlobalScores(TypedDict):
 class ClientRecord(TypedDict, total=False):
     train: dict[str, float]  # train-loss, train-accuracy, num-examples, train-seconds
     evaluate: dict[str, float]  # eval-loss, eval-accuracy, xai-* counts, eval-seconds, xai-seconds
+    # Flower's error for a message the client did not answer ("train" or "evaluate"):
+    # its ClientApp crashed or raised, or its SuperNode went offline.
+    failed: dict[str, str]
 
 
 # "global" is a keyword: the functional form names the field as the document does.

@@ -228,47 +228,106 @@ def test_a_label_flipping_client_is_flagged_and_left_out(tmp_path):
     assert sorted(p.name for p in (out / "round-002" / "updates").iterdir()) == ["client-0", "client-1", "client-2"]
 
 
-def test_explainer_down_in_the_first_round_loses_nothing(tmp_path):
+def wait_for_line(path: Path, pattern: str, run: subprocess.Popen, count: int = 1) -> re.Match[str]:
+    """The ``count``-th match of ``pattern`` in the log at ``path``, once it is written."""
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while time.monotonic() < deadline:
+        found = list(re.finditer(pattern, path.read_text(errors="replace") if path.exists() else ""))
+        if len(found) >= count:
+            return found[count - 1]
+        if run.poll() is not None:
+            pytest.fail(f"the run ended (rc={run.returncode}) before {pattern!r} was logged in {path.name}")
+        time.sleep(0.02)
+    pytest.fail(f"{pattern!r} was not logged in {path.name}")
+
+
+def supernode_pid(work: Path, partition_id: int) -> int:
+    (pid,) = [
+        pid
+        for pid in flower_processes(work)
+        if f"partition-id={partition_id} ".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
+        and b"flower-supernode" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    return pid
+
+
+def test_explainer_killed_mid_call_and_a_trainer_killed_mid_training_lose_nothing(tmp_path):
+    """The explainer is killed (SIGKILL) while it explains, and restarted; in round 2,
+    client-1's ClientApp is killed while it trains. The run finishes, and every
+    explanation a model that was trained or evaluated calls for is stored, complete."""
+    from fedxai.storage import LocalStore
+    from services.cli.processes import descendants
+    from tests.helpers import unlisted_pictures
+
     address = f"127.0.0.1:{free_port()}"
-    run = subprocess.Popen(
-        fedxai_run(tmp_path, "--explainer-address", address, "--external-explainer"),
-        cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    explainer = None
-    try:
-        assert run.stdout is not None
-        for line in run.stdout:
-            if line.startswith("round 1/2"):
-                break
-        else:
-            pytest.fail(f"the run ended before round 1: rc={run.wait()}")
-        # Round 1 is recorded after its evaluation: its explanations could not be delivered.
-        assert delivery(metrics(tmp_path)["rounds"][1]["xai"]) == {"sent": 0, "stored": 0, "queued": 2, "rejected": 0}
-        explainer = subprocess.Popen(
-            [FEDXAI, "explainer", "--address", address],
-            env={**clean_env(), "FEDXAI_OUTPUT_DIR": str(tmp_path / "out")},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    explainer_log = tmp_path / "explainer.log"
+
+    def start_explainer() -> subprocess.Popen:
+        with explainer_log.open("ab") as log:
+            return subprocess.Popen(
+                [FEDXAI, "explainer", "--address", address],
+                env={**clean_env(), "FEDXAI_OUTPUT_DIR": str(tmp_path / "out")},
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+    explainer = start_explainer()
+    with (tmp_path / "run.log").open("w") as run_log:
+        run = subprocess.Popen(
+            fedxai_run(tmp_path, "--explainer-address", address, "--external-explainer"),
+            cwd=tmp_path, env=clean_env(), stdout=run_log, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
-        rest = run.communicate(timeout=RUN_TIMEOUT)[0]
+    try:
+        killed_call = wait_for_line(explainer_log, r"explaining \d+ samples for (\S+)", run)[1]
+        explainer.kill()
+        explainer.wait()
+        explainer = start_explainer()
+
+        supernode = supernode_pid(tmp_path / "work", 1)
+        wait_for_line(tmp_path / "work" / "logs" / "supernode-1.log", r"client-1: round 2, training on", run)
+        clientapps = [
+            pid for pid in descendants({supernode}) if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        ]
+        assert clientapps, "client-1 trains in a ClientApp process of its SuperNode"
+        for pid in clientapps:
+            os.kill(pid, signal.SIGKILL)
+        run.wait(timeout=RUN_TIMEOUT)
     finally:
         stop(run)
-        if explainer is not None:
-            explainer.terminate()
-            explainer.wait(timeout=30)
-    assert run.returncode == 0, rest
-    round_2 = metrics(tmp_path)["rounds"][2]["xai"]
-    assert delivery(round_2) == {"sent": 4, "stored": 40, "queued": 0, "rejected": 0}
-    out = run_dir(tmp_path)
+        explainer.terminate()
+        explainer.wait(timeout=30)
+    output = (tmp_path / "run.log").read_text()
+    assert run.returncode == 0, output
+    assert "client-1 did not train: ClientApp stopped responding." in output
+
     document = metrics(tmp_path)
-    for round_dir in ("round-001", "round-002"):
-        for folder in ("client-0", "client-1", "global", "updates/client-0", "updates/client-1"):
-            images = sorted(p.name for p in (out / round_dir / folder).glob("gradcam_class_*.jpg"))
-            assert len(images) == 10, (round_dir, folder, images)
-    # The aggregator's round-1 requests waited in its outbox and were compared once delivered.
-    for entry in document["rounds"][1:]:
-        assert set(entry["comparison"]["clients"]) == {"client-0", "client-1"}
-        assert all("distance_to_global" in figures for figures in entry["comparison"]["clients"].values())
-    assert list((tmp_path / "work").rglob("*.pb")) == []
+    round_1, round_2 = document["rounds"][1:]
+    assert set(round_1["clients"]["client-1"]) == {"train", "evaluate"}
+    assert round_2["clients"]["client-1"] == {
+        "evaluate": round_2["clients"]["client-1"]["evaluate"],
+        "failed": {"train": "ClientApp stopped responding."},
+    }, "client-1 evaluated the round-2 model it could not train"
+    # The call the explainer died in was sent again, and explained by the new process.
+    assert f"explained {killed_call}: 10 pictures" in explainer_log.read_text()
+    out = run_dir(tmp_path)
+    expected = {
+        "round-001": ["client-0", "client-1", "global", "updates/client-0", "updates/client-1"],
+        "round-002": ["client-0", "client-1", "global", "updates/client-0"],
+    }
+    for round_dir, folders in expected.items():
+        assert sorted(p.name for p in (out / round_dir / "updates").iterdir()) == [
+            f.removeprefix("updates/") for f in folders if f.startswith("updates/")
+        ]
+        for folder in folders:
+            manifest = json.loads((out / round_dir / folder / "explanations.json").read_text())
+            assert [image["label"] for image in manifest["images"]] == list(range(10)), (round_dir, folder)
+            for image in manifest["images"]:
+                decode_jpeg((tmp_path / "out" / image["key"]).read_bytes())
+    assert unlisted_pictures(LocalStore(tmp_path / "out")) == []
+    # The aggregator compared each update it had explained, once delivered.
+    assert set(round_1["comparison"]["clients"]) == {"client-0", "client-1"}
+    assert set(round_2["comparison"]["clients"]) == {"client-0"}
+    assert all("distance_to_global" in figures for figures in round_1["comparison"]["clients"].values())
+    assert list((tmp_path / "work").rglob("*.pb")) == [], "no request is left in an outbox"
 
 
 def test_refusals_before_anything_starts(tmp_path):

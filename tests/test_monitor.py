@@ -283,6 +283,7 @@ def write_troubled_task(store: LocalStore) -> None:
 
 BIG_CLIENTS, BIG_ROUNDS = [f"client-{i}" for i in range(10)], 50
 LOW_CLIENT, SILENT = "client-7", ("client-9", 30)  # an accuracy outlier; a client that missed round 30
+CRASHED = ("client-3", (49, 50))  # a client whose ClientApp crashed while training in these rounds
 
 
 def write_big_task(store: LocalStore) -> None:
@@ -294,6 +295,8 @@ def write_big_task(store: LocalStore) -> None:
             accuracy = 0.62 if client == LOW_CLIENT else 0.95 + 0.001 * i
             train = {"train-loss": 0.2, "train-accuracy": accuracy, "num-examples": 500}
             clients[client] = {"train": train}
+            if client == CRASHED[0] and r in CRASHED[1]:
+                clients[client] = {"failed": {"train": "ClientApp stopped responding."}}
             if (client, r) != SILENT:
                 clients[client]["evaluate"] = {
                     "eval-loss": 1 - accuracy,
@@ -658,15 +661,17 @@ def test_the_page_at_ten_clients_and_fifty_rounds(monitor_url, tmp_path):
     assert len(rows) == len(BIG_CLIENTS), "one round at a time, the latest first"
     notes = {cells_of(dom, row)[0]: cells_of(dom, row)[-1] for row in rows}
     assert notes[LOW_CLIENT] == "accuracy outlier" and notes["client-0"] == ""
+    assert notes[CRASHED[0]] == "did not train: ClientApp stopped responding."
     (chart,) = dom.find("canvas", id="client-chart")
     assert f"{LOW_CLIENT} (outlier)" in chart["data-series"].split(",")
     assert chart["data-points"] == str(BIG_ROUNDS) and chart["data-y-title"] == "evaluation accuracy (%)"
     (alerts,) = dom.nodes("p", id="client-alerts")
     text = dom.text(alerts)
-    assert dom.text(alerts).count("client-") == 2, "one line per client, not one per round"
+    assert dom.text(alerts).count("client-") == 3, "one line per client and kind of alert, not one per round"
     outlier = "client-7: an outlier in rounds 1\N{EN DASH}50; in round 50 at 62.0%"
     assert f"{outlier} against the other clients' median 95.4%." in text
     assert "client-9: no evaluation in round 30." in text
+    assert "client-3: did not train in rounds 49\N{EN DASH}50; in round 50: ClientApp stopped responding." in text
     (note,) = dom.nodes("p", id="gallery-note")
     assert dom.text(note) == "This run trained without explanations: there are no heatmaps."
     (controls,) = dom.find("p", id="gallery-controls")

@@ -83,6 +83,7 @@ class RunRecorder:
         }
         self._pending: dict[str, Any] = {}
         self._checkpoints: dict[int, tuple[str, str]] = {}
+        self._client_by_node: dict[int, str] = {}
         # By round: comparisons of the probe-set maps, which may come in after the
         # round's entry (or before it), and of the weight updates.
         self._comparisons: dict[int, dict[str, Any]] = {}
@@ -108,16 +109,32 @@ class RunRecorder:
     def record_train(self, replies: list[Message], aggregated: MetricRecord | None) -> None:
         self._pending["train"] = dict(aggregated or {})
         for client, metrics in _client_metrics(replies).items():
-            self._pending.setdefault("clients", {}).setdefault(client, {})["train"] = metrics
+            self._client(client)["train"] = metrics
+        self._record_failures("train", replies)
 
     def record_evaluate(self, replies: list[Message], aggregated: MetricRecord | None) -> None:
+        self._record_failures("evaluate", replies)
         clients = _client_metrics(replies)
         self._pending["evaluate"] = {k: v for k, v in dict(aggregated or {}).items() if k not in XAI_COUNTS}
         self._pending["xai"] = {
             key.removeprefix("xai-"): int(sum(m.get(key, 0) for m in clients.values())) for key in XAI_COUNTS
         }
         for client, metrics in clients.items():
-            self._pending.setdefault("clients", {}).setdefault(client, {})["evaluate"] = metrics
+            self._client(client)["evaluate"] = metrics
+
+    def _client(self, client: str) -> dict[str, Any]:
+        return self._pending.setdefault("clients", {}).setdefault(client, {})
+
+    def _record_failures(self, stage: str, replies: list[Message]) -> None:
+        """Names the clients whose messages came back as errors, by the client id their
+        node reported before (an error reply carries only the node id)."""
+        for reply in replies:
+            if reply.has_error():
+                node = reply.metadata.src_node_id
+                client = self._client_by_node.get(node, f"node {node}")
+                self._client(client).setdefault("failed", {})[stage] = reply.error.reason
+            elif "client" in reply.content:
+                self._client_by_node[reply.metadata.src_node_id] = client_of(reply)
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> tuple[str, str]:
         """Stores the round's global model, once; returns its key and SHA-256."""

@@ -77,10 +77,10 @@ class Children:
 
     def _stop_all(self) -> None:
         # Flower starts its app processes in sessions of their own: find them first.
-        descendants = _descendants({process.pid for process in self.processes.values()})
+        started_by_flower = descendants({process.pid for process in self.processes.values()})
         for process in self.processes.values():
             _signal_group(process, signal.SIGTERM)
-        for pid in descendants:
+        for pid in started_by_flower:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE
@@ -92,7 +92,7 @@ class Children:
                 process.wait()
         for process in self.processes.values():  # grandchildren left behind by a parent that exited
             _signal_group(process, signal.SIGKILL)
-        for pid in _descendants(descendants) | descendants:
+        for pid in descendants(started_by_flower) | started_by_flower:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -103,7 +103,7 @@ class Children:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _descendants(roots: set[int]) -> set[int]:
+def descendants(roots: set[int]) -> set[int]:
     """Every live descendant of ``roots``, read from /proc (empty where there is none)."""
     proc = Path("/proc")
     if not proc.is_dir():

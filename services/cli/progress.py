@@ -39,6 +39,9 @@ def describe_round(entry: dict[str, Any], rounds: int) -> str:
         f"round {entry['round']}/{rounds}  global accuracy {accuracy:.1%} (loss {loss:.3f})  "
         f"{clients} clients  {images}  {entry.get('seconds', 0):.1f} s"
     )
+    for client, record in sorted(entry.get("clients", {}).items()):
+        for stage, error in sorted(record.get("failed", {}).items()):
+            line += f"\n  {client} did not {stage}: {error}"
     compared = (entry.get("comparison") or {}).get("clients", {})
     for client, figures in sorted(compared.items()):
         if figures.get("flagged"):

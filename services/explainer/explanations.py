@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, as_completed, wait
@@ -468,12 +469,16 @@ class ExplanationService:
         job = parse_explain_request(request, self.store, self.models, self.limits.max_batch_size)
         if job.store:
             self.store_watch.require_available()
+        started = time.monotonic()
+        where = job.folder.prefix if job.store else "not stored"
+        log.info("explaining %d samples for %s", len(job.labels), where)
         computed = self.compute_lane.submit(compute_and_score, job, still_wanted).result()
         # Stored only while the caller waits: one that gave up sends it again.
         _check_wanted(still_wanted, "before storing")
         response = self._draw_and_keep(job, computed)
         if job.scoring == Scoring.AFTER_REPLY:
             self._scoring.submit(self._score_stored, job, computed).add_done_callback(_log_failure)
+        log.info("explained %s: %d pictures in %.2f s", where, len(response.images), time.monotonic() - started)
         return response
 
     def _score_stored(self, job: ExplainJob, computed: Computed) -> None:

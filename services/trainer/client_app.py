@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from logging import INFO
 from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common import log
 from torch import nn
 
 from fedxai import learning
@@ -84,6 +86,7 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content.config_records["config"]["server-round"])  # type: ignore[arg-type]
     if task.attack != "none" and node.partition_id == task.attack_client:
         train_data = poison(train_data, task.attack, task.seed + node.partition_id)
+    log(INFO, "%s: round %d, training on %d samples", node.client_id, server_round, len(train_data))
     started = time.perf_counter()
     scores = learning.train(
         model,

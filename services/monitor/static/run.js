@@ -581,12 +581,18 @@ function drawClients() {
   const alerts = document.getElementById("client-alerts");
   alerts.replaceChildren();
   const format = (v) => spec.scale === 100 ? `${v.toFixed(1)}%` : v.toFixed(3);
-  const outlying = new Map(), silent = new Map();
+  const outlying = new Map(), silent = new Map(), failures = new Map();
   for (const r of rounds) {
     for (const o of found.get(r.round)) {
       outlying.set(o.client, [...(outlying.get(o.client) || []), { round: r.round, ...o }]);
     }
     for (const client of missing(r, clients)) silent.set(client, [...(silent.get(client) || []), r.round]);
+    for (const client of clients) {
+      for (const [stage, error] of Object.entries((((r.clients || {})[client] || {}).failed) || {})) {
+        const key = `${client} ${stage}`;
+        failures.set(key, [...(failures.get(key) || []), { client, stage, error, round: r.round }]);
+      }
+    }
   }
   for (const client of clients) {
     const found = outlying.get(client);
@@ -597,6 +603,13 @@ function drawClients() {
     }
     if (silent.has(client)) {
       alerts.append(element("span", "fails", `${client}: no evaluation in ${roundRanges(silent.get(client))}.`));
+    }
+    for (const stage of ["train", "evaluate"]) {
+      const failed = failures.get(`${client} ${stage}`);
+      if (!failed) continue;
+      const last = failed[failed.length - 1];
+      alerts.append(element("span", "fails", `${client}: did not ${stage} in ` +
+        `${roundRanges(failed.map((f) => f.round))}; in round ${last.round}: ${last.error}`));
     }
   }
   if (!alerts.children.length && clients.length) {
@@ -627,6 +640,7 @@ function drawClients() {
     const notes = [];
     if (low.has(client)) notes.push("accuracy outlier");
     if (absent.has(client)) notes.push("no evaluation reply");
+    for (const [stage, error] of Object.entries(m.failed || {})) notes.push(`did not ${stage}: ${error}`);
     cell(row, notes.join(", ") || "");
     if (notes.length) row.className = "flagged";
   }
