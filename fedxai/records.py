@@ -75,6 +75,8 @@ class RunRecord(TypedDict):
     config: dict[str, Any]  # the task settings (Flower's run config)
     rounds: list[RoundRecord]
     probe: NotRequired[dict[str, Any]]  # how the probe set was made and compared
+    # Each time the run was continued (`fedxai run --resume`): after which round, and when.
+    resumed: NotRequired[list[dict[str, Any]]]
 
 
 class ManifestImage(TypedDict):

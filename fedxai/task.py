@@ -43,7 +43,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
         "must be at least 1",
     ),
     (
-        ("min-train-nodes", "min-evaluate-nodes", "max-samples", "attack-client"),
+        ("min-train-nodes", "min-evaluate-nodes", "max-samples", "attack-client", "resume-after-round"),
         lambda v: v >= 0,
         "must not be negative",
     ),
@@ -93,6 +93,9 @@ class TaskConfig:
     exclude_flagged: bool
     attack: str
     attack_client: int
+    # Continue run ``run_id`` from its global model of this round (0: a new run);
+    # ``fedxai run --resume`` sets it.
+    resume_after_round: int
 
     @staticmethod
     def key(field_name: str) -> str:
@@ -136,6 +139,13 @@ class TaskConfig:
                 if not holds(getattr(self, name.replace("-", "_"))):
                     raise SettingsError(f"{name} {requirement}")
         parse_address("explainer-address", self.explainer_address)
+        if self.resume_after_round and not self.run_id:
+            raise SettingsError("resume-after-round needs the run-id of the run to continue")
+        if self.resume_after_round >= self.num_server_rounds:
+            raise SettingsError(
+                f"resume-after-round {self.resume_after_round}: the run has only {self.num_server_rounds} rounds "
+                "(raise num-server-rounds to train it further)"
+            )
         for name in ("samples-per-class", "probe-per-class"):
             if getattr(self, name.replace("-", "_")) > MAX_SAMPLES_PER_CLASS:
                 raise SettingsError(f"{name} must be at most {MAX_SAMPLES_PER_CLASS}")

@@ -241,25 +241,27 @@ def wait_for_line(path: Path, pattern: str, run: subprocess.Popen, count: int = 
     pytest.fail(f"{pattern!r} was not logged in {path.name}")
 
 
-def supernode_pid(work: Path, partition_id: int) -> int:
+def flower_process(work: Path, command: str, *markers: str) -> int:
+    """The one process of the run in ``work`` running ``command`` with ``markers`` in its arguments."""
     (pid,) = [
         pid
         for pid in flower_processes(work)
-        if f"partition-id={partition_id} ".encode() in Path(f"/proc/{pid}/cmdline").read_bytes()
-        and b"flower-supernode" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        if all(part.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() for part in (command, *markers))
     ]
     return pid
 
 
-def test_explainer_killed_mid_call_and_a_trainer_killed_mid_training_lose_nothing(tmp_path):
-    """The explainer is killed (SIGKILL) while it explains, and restarted; in round 2,
-    client-1's ClientApp is killed while it trains. The run finishes, and every
-    explanation a model that was trained or evaluated calls for is stored, complete."""
+def test_chaos_explainer_superlink_and_a_trainer_killed_mid_run_lose_nothing(tmp_path):
+    """In round 1 the explainer is killed (SIGKILL) while it explains, and restarted;
+    after round 1 the SuperLink is killed, and `fedxai run --resume` continues the run;
+    in round 2, client-1's ClientApp is killed while it trains. The run finishes, and
+    every explanation that a trained or evaluated model calls for is stored, complete."""
     from fedxai.storage import LocalStore
     from services.cli.processes import descendants
     from tests.helpers import unlisted_pictures
 
     address = f"127.0.0.1:{free_port()}"
+    work = tmp_path / "work"
     explainer_log = tmp_path / "explainer.log"
 
     def start_explainer() -> subprocess.Popen:
@@ -270,20 +272,40 @@ def test_explainer_killed_mid_call_and_a_trainer_killed_mid_training_lose_nothin
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
 
+    def start_run(attempt: str, *args: str) -> subprocess.Popen:
+        with (tmp_path / f"{attempt}.log").open("w") as log:
+            return subprocess.Popen(
+                fedxai_run(tmp_path, "--explainer-address", address, "--external-explainer", *args),
+                cwd=tmp_path, env=clean_env(), stdout=log, stderr=subprocess.STDOUT, text=True,
+            )  # fmt: skip
+
+    def round_1_recorded() -> bool:
+        found = list((tmp_path / "out").glob("xaitest/runs/*/metrics.json"))
+        return bool(found) and len(json.loads(found[0].read_text())["rounds"]) > 1
+
     explainer = start_explainer()
-    with (tmp_path / "run.log").open("w") as run_log:
-        run = subprocess.Popen(
-            fedxai_run(tmp_path, "--explainer-address", address, "--external-explainer"),
-            cwd=tmp_path, env=clean_env(), stdout=run_log, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+    run = start_run("first")
     try:
         killed_call = wait_for_line(explainer_log, r"explaining \d+ samples for (\S+)", run)[1]
         explainer.kill()
         explainer.wait()
         explainer = start_explainer()
 
-        supernode = supernode_pid(tmp_path / "work", 1)
-        wait_for_line(tmp_path / "work" / "logs" / "supernode-1.log", r"client-1: round 2, training on", run)
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while not round_1_recorded():
+            assert time.monotonic() < deadline and run.poll() is None, "round 1 was not recorded"
+            time.sleep(0.2)
+        os.kill(flower_process(work, "flower-superlink"), signal.SIGKILL)
+        assert run.wait(timeout=60) == 1
+        first = (tmp_path / "first.log").read_text()
+        assert "fedxai: run failed: superlink exited during the run" in first, first
+        assert wait_until_gone(work) == [], "the first attempt stopped what it started"
+
+        run_id = run_dir(tmp_path).name
+        (work / "logs" / "supernode-1.log").unlink()
+        run = start_run("resumed", "--resume", run_id)
+        wait_for_line(work / "logs" / "supernode-1.log", r"client-1: round 2, training on", run)
+        supernode = flower_process(work, "flower-supernode", "partition-id=1 ")
         clientapps = [
             pid for pid in descendants({supernode}) if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes()
         ]
@@ -295,11 +317,15 @@ def test_explainer_killed_mid_call_and_a_trainer_killed_mid_training_lose_nothin
         stop(run)
         explainer.terminate()
         explainer.wait(timeout=30)
-    output = (tmp_path / "run.log").read_text()
+    output = (tmp_path / "resumed.log").read_text()
     assert run.returncode == 0, output
+    assert f"run {run_id}, 2 clients, 2 rounds (continuing after round 1)" in output
+    assert "round 1/2" not in output and "round 2/2  global accuracy" in output
     assert "client-1 did not train: ClientApp stopped responding." in output
 
     document = metrics(tmp_path)
+    assert document["status"] == "finished" and [entry["round"] for entry in document["rounds"]] == [0, 1, 2]
+    assert [entry["after_round"] for entry in document["resumed"]] == [1]
     round_1, round_2 = document["rounds"][1:]
     assert set(round_1["clients"]["client-1"]) == {"train", "evaluate"}
     assert round_2["clients"]["client-1"] == {
@@ -327,7 +353,7 @@ def test_explainer_killed_mid_call_and_a_trainer_killed_mid_training_lose_nothin
     assert set(round_1["comparison"]["clients"]) == {"client-0", "client-1"}
     assert set(round_2["comparison"]["clients"]) == {"client-0"}
     assert all("distance_to_global" in figures for figures in round_1["comparison"]["clients"].values())
-    assert list((tmp_path / "work").rglob("*.pb")) == [], "no request is left in an outbox"
+    assert list(work.rglob("*.pb")) == [], "no request is left in an outbox"
 
 
 def test_refusals_before_anything_starts(tmp_path):
@@ -359,6 +385,22 @@ def test_refusals_before_anything_starts(tmp_path):
     result = refused("--set", "run-id=taken")
     assert result.returncode == 2
     assert "run-id 'taken': task xaitest has a run of that id already" in result.stderr
+    assert taken.read_text() == '{"status": "finished"}'
+
+    # --resume: a run that is not there, one with no global model stored, one with no round left.
+    for run, message in (
+        ("nosuch", "--resume nosuch: task xaitest has no such run"),
+        ("taken", "--resume taken: the run stored no global model yet; start a new run instead"),
+        ("done", "resume-after-round 2: the run has only 2 rounds (raise num-server-rounds to train it further)"),
+        ("../taken", "'../taken' is not a valid id"),
+    ):
+        if run == "done":
+            rounds = [{"round": r, "global": {}, "checkpoint": f"r{r}", "checkpoint_sha256": ""} for r in (1, 2)]
+            document = {"status": "finished", "config": {"num-server-rounds": 2}, "rounds": rounds}
+            (tmp_path / "out" / "xaitest" / "runs" / "done").mkdir()
+            (tmp_path / "out" / "xaitest" / "runs" / "done" / "metrics.json").write_text(json.dumps(document))
+        result = refused("--resume", run)
+        assert result.returncode == 2 and message in result.stderr, (run, result.stderr)
     assert taken.read_text() == '{"status": "finished"}'
 
     result = refused("--rounds", "0")

@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import FedAvg
 
 from fedxai import learning
@@ -56,6 +57,10 @@ def _client_metrics(replies: Iterable[Message]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _reason(reply: Message) -> str:
+    return reply.error.reason or f"Flower error code {reply.error.code}"
+
+
 def _flat_update(trained: ArrayRecord, start: dict[str, np.ndarray]) -> np.ndarray:
     """A client's weight update: its trained weights minus the round's starting ones, flattened."""
     arrays = dict(zip(trained.keys(), trained.to_numpy_ndarrays(), strict=True))
@@ -63,7 +68,17 @@ def _flat_update(trained: ArrayRecord, start: dict[str, np.ndarray]) -> np.ndarr
 
 
 class RunRecorder:
-    def __init__(self, store: ObjectStore, task: TaskConfig, arch: Architecture, test_data: Dataset) -> None:
+    """Writes the run's ``metrics.json``: a new one, or, with ``previous``, the record of
+    a run that continues after round ``task.resume_after_round``."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        task: TaskConfig,
+        arch: Architecture,
+        test_data: Dataset,
+        previous: RunRecord | None = None,
+    ) -> None:
         self.store = store
         self.task = task
         self.arch = arch
@@ -84,11 +99,28 @@ class RunRecorder:
         self._pending: dict[str, Any] = {}
         self._checkpoints: dict[int, tuple[str, str]] = {}
         self._client_by_node: dict[int, str] = {}
+        self._failures: dict[int, dict[str, str]] = {}  # this round's, by node id
         # By round: comparisons of the probe-set maps, which may come in after the
         # round's entry (or before it), and of the weight updates.
         self._comparisons: dict[int, dict[str, Any]] = {}
         # The delivery lane records comparisons while the round goes on.
         self._lock = threading.RLock()
+        if previous is not None:
+            self._continue(previous)
+
+    def _continue(self, previous: RunRecord) -> None:
+        """Keeps the rounds up to the one the run continues after; the later ones,
+        cut short, are done again."""
+        after = self.task.resume_after_round
+        kept = [entry for entry in previous["rounds"] if entry["round"] <= after]
+        self.document["started_at"] = previous["started_at"]
+        self.document["rounds"] = kept
+        self.document["resumed"] = [*previous.get("resumed", []), {"after_round": after, "at": _now()}]
+        for entry in kept:
+            if "checkpoint" in entry:
+                self._checkpoints[entry["round"]] = (entry["checkpoint"], entry["checkpoint_sha256"])
+            if "comparison" in entry:
+                self._comparisons[entry["round"]] = entry["comparison"]
 
     def describe_probe(self, probe: dict[str, Any]) -> None:
         self.document["probe"] = probe
@@ -106,14 +138,14 @@ class RunRecorder:
     def start_round(self) -> None:
         self.round_started = time.monotonic()
 
-    def record_train(self, replies: list[Message], aggregated: MetricRecord | None) -> None:
+    def record_train(self, replies: list[Message], aggregated: MetricRecord | None, sent_to: set[int]) -> None:
         self._pending["train"] = dict(aggregated or {})
         for client, metrics in _client_metrics(replies).items():
             self._client(client)["train"] = metrics
-        self._record_failures("train", replies)
+        self._record_failures("train", replies, sent_to)
 
-    def record_evaluate(self, replies: list[Message], aggregated: MetricRecord | None) -> None:
-        self._record_failures("evaluate", replies)
+    def record_evaluate(self, replies: list[Message], aggregated: MetricRecord | None, sent_to: set[int]) -> None:
+        self._record_failures("evaluate", replies, sent_to)
         clients = _client_metrics(replies)
         self._pending["evaluate"] = {k: v for k, v in dict(aggregated or {}).items() if k not in XAI_COUNTS}
         self._pending["xai"] = {
@@ -125,16 +157,33 @@ class RunRecorder:
     def _client(self, client: str) -> dict[str, Any]:
         return self._pending.setdefault("clients", {}).setdefault(client, {})
 
-    def _record_failures(self, stage: str, replies: list[Message]) -> None:
-        """Names the clients whose messages came back as errors, by the client id their
-        node reported before (an error reply carries only the node id)."""
+    def _record_failures(self, stage: str, replies: list[Message], sent_to: set[int]) -> None:
+        """Notes why each node ``sent_to`` did not answer (an error carries the node id
+        at most), and which client each node that answered is."""
+        errors: dict[int, str] = {}
+        # The SuperLink answers for a node that went away; its error names the message, not the node.
+        for_gone_nodes = []
         for reply in replies:
-            if reply.has_error():
-                node = reply.metadata.src_node_id
-                client = self._client_by_node.get(node, f"node {node}")
-                self._client(client).setdefault("failed", {})[stage] = reply.error.reason
-            elif "client" in reply.content:
-                self._client_by_node[reply.metadata.src_node_id] = client_of(reply)
+            node = reply.metadata.src_node_id
+            if not reply.has_error():
+                if "client" in reply.content:
+                    self._client_by_node[node] = client_of(reply)
+            elif node == SUPERLINK_NODE_ID:
+                for_gone_nodes.append(_reason(reply))
+            else:
+                errors[node] = _reason(reply)
+        answered = {reply.metadata.src_node_id for reply in replies}
+        for node in sorted(sent_to - answered):
+            errors[node] = for_gone_nodes.pop() if for_gone_nodes else "no reply before the round's timeout"
+        for node, reason in errors.items():
+            self._failures.setdefault(node, {})[stage] = reason
+
+    def _name_failures(self) -> None:
+        """Files the round's failures under client ids, once the round's replies have
+        told which node is which (a node new to a resumed run fails before it says)."""
+        for node, failed in self._failures.items():
+            self._client(self._client_by_node.get(node, f"node {node}"))["failed"] = failed
+        self._failures = {}
 
     def checkpoint(self, server_round: int, arrays: ArrayRecord) -> tuple[str, str]:
         """Stores the round's global model, once; returns its key and SHA-256."""
@@ -154,6 +203,9 @@ class RunRecorder:
     def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Flower's centralised evaluation, called last in every round: tests the
         global model, makes sure its checkpoint is stored and rewrites metrics.json."""
+        recorded = [entry for entry in self.document["rounds"] if entry["round"] == server_round]
+        if recorded:  # the round a resumed run starts from
+            return MetricRecord({"accuracy": recorded[0]["global"]["accuracy"], "loss": recorded[0]["global"]["loss"]})
         model = self.arch.factory()
         model.load_state_dict(arrays.to_torch_state_dict())
         scores = learning.evaluate(model, self.test_data, self.arch)
@@ -164,6 +216,7 @@ class RunRecorder:
         if server_round > 0:
             entry["checkpoint"], entry["checkpoint_sha256"] = self.checkpoint(server_round, arrays)
             entry["seconds"] = round(time.monotonic() - self.round_started, 3)
+            self._name_failures()
             entry.update(self._pending)
             self._pending = {}
         with self._lock:
@@ -203,13 +256,24 @@ class RecordingFedAvg(FedAvg):
         self.probe = probe
         self.exclude_flagged = exclude_flagged
         self._round_start: dict[str, np.ndarray] = {}
+        self._sent_to: set[int] = set()  # the nodes the last message of each kind went to
+        # Flower counts a resumed run's rounds from 1 again; the run's own numbers go on.
+        self.round_offset = recorder.task.resume_after_round
+
+    def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """The recorder's evaluation of the global model, under the run's round number."""
+        return self.recorder.evaluate_global(server_round + self.round_offset, arrays)
 
     def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        server_round += self.round_offset
         self.recorder.start_round()
         self._round_start = dict(zip(arrays.keys(), arrays.to_numpy_ndarrays(), strict=True))
-        return super().configure_train(server_round, arrays, config, grid)
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        self._sent_to = {message.metadata.dst_node_id for message in messages}
+        return messages
 
     def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
+        server_round += self.round_offset
         replies = list(replies)
         trained = {client_of(r): r.content["arrays"] for r in replies if not r.has_error() and "arrays" in r.content}
         if len(trained) >= 2:
@@ -225,7 +289,7 @@ class RecordingFedAvg(FedAvg):
         if self.exclude_flagged:
             kept = self._without_flagged(server_round, replies, list(trained), explained)
         arrays, metrics = super().aggregate_train(server_round, kept)
-        self.recorder.record_train(replies, metrics)
+        self.recorder.record_train(replies, metrics, self._sent_to)
         if self.probe is not None and arrays is not None:
             self.probe.explain_global(
                 server_round, arrays.to_torch_state_dict(), self.recorder.checkpoint(server_round, arrays)
@@ -246,14 +310,18 @@ class RecordingFedAvg(FedAvg):
         return [reply for reply in replies if reply.has_error() or client_of(reply) not in flagged]
 
     def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        server_round += self.round_offset
         # Trainers evaluate exactly this model: they can name its checkpoint to
         # the explainer instead of sending the weights.
         config["checkpoint-key"], config["checkpoint-sha256"] = self.recorder.checkpoint(server_round, arrays)
         config["run-id"] = self.recorder.task.run_id  # where their explanations go
-        return super().configure_evaluate(server_round, arrays, config, grid)
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))
+        self._sent_to = {message.metadata.dst_node_id for message in messages}
+        return messages
 
     def aggregate_evaluate(self, server_round, replies):  # type: ignore[no-untyped-def]
+        server_round += self.round_offset
         replies = list(replies)
         metrics = super().aggregate_evaluate(server_round, replies)
-        self.recorder.record_evaluate(replies, metrics)
+        self.recorder.record_evaluate(replies, metrics, self._sent_to)
         return metrics

@@ -9,6 +9,7 @@ import os
 from datetime import UTC, datetime
 from logging import INFO
 from pathlib import Path
+from typing import cast
 
 import torch
 from flwr.app import ArrayRecord, Context
@@ -17,10 +18,12 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedxai.data import Dataset, load_pool, probe_set
 from fedxai.models import ARCHITECTURES, Architecture
-from fedxai.settings import StorageSettings, explainer_token
-from fedxai.storage import open_store
-from fedxai.storage.layout import new_run_id
+from fedxai.records import RunRecord
+from fedxai.settings import SettingsError, StorageSettings, explainer_token
+from fedxai.storage import ObjectStore, open_store, read_document
+from fedxai.storage.layout import metrics_key, new_run_id
 from fedxai.task import TaskConfig
+from fedxai.tensors import decode_state_dict, sha256_hex
 from services.aggregator.probe import ProbeExplainer, RoundMaps
 from services.aggregator.recorder import RecordingFedAvg, RunRecorder
 
@@ -48,6 +51,22 @@ def _probe_explainer(task: TaskConfig, arch: Architecture, probe: Dataset, recor
     return ProbeExplainer(task, arch, probe, state_dir / task.task_name, maps, token)
 
 
+def _resume_point(store: ObjectStore, task: TaskConfig) -> tuple[RunRecord, ArrayRecord]:
+    """The record of the run to continue, and its global model of the round it continues after."""
+    previous = cast(RunRecord | None, read_document(store, metrics_key(task.task_name, task.run_id)))
+    if previous is None:
+        raise SettingsError(f"run-id {task.run_id!r}: task {task.task_name} has no such run to continue")
+    entry = next((e for e in previous["rounds"] if e["round"] == task.resume_after_round and "checkpoint" in e), None)
+    if entry is None:
+        raise SettingsError(f"resume-after-round {task.resume_after_round}: run {task.run_id} stored no model then")
+    data = store.get(entry["checkpoint"])
+    if sha256_hex(data) != entry["checkpoint_sha256"]:
+        raise SettingsError(f"{entry['checkpoint']} is not the checkpoint metrics.json names (SHA-256 differs)")
+    model = ARCHITECTURES[task.architecture].factory()
+    model.load_state_dict(decode_state_dict(data, entry["checkpoint"]))  # in the model's order of tensors
+    return previous, ArrayRecord(model.state_dict())
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     task = TaskConfig.from_run_config(context.run_config)
@@ -57,8 +76,13 @@ def main(grid: Grid, context: Context) -> None:
     store.check()
     log(INFO, "run %s of task %s, storage: %s", task.run_id, task.task_name, store.describe())
     arch = ARCHITECTURES[task.architecture]
+    torch.manual_seed(task.seed)
+    previous, initial = None, ArrayRecord(arch.factory().state_dict())
+    if task.resume_after_round:
+        previous, initial = _resume_point(store, task)
+        log(INFO, "run %s continues from its global model of round %d", task.run_id, task.resume_after_round)
     pool = load_pool(task.data_dir, task.test_fraction, task.seed, task.max_samples)
-    recorder = RunRecorder(store, task, arch, pool.test)
+    recorder = RunRecorder(store, task, arch, pool.test, previous)
     probe = None
     if task.xai_enabled and task.explain_federation:
         probe = _probe_explainer(
@@ -74,14 +98,12 @@ def main(grid: Grid, context: Context) -> None:
         min_evaluate_nodes=task.min_evaluate_nodes,
         min_available_nodes=max(task.min_train_nodes, task.min_evaluate_nodes),
     )
-    torch.manual_seed(task.seed)
-    initial = ArrayRecord(arch.factory().state_dict())
     try:
         strategy.start(
             grid=grid,
             initial_arrays=initial,
-            num_rounds=task.num_server_rounds,
-            evaluate_fn=recorder.evaluate_global,
+            num_rounds=task.num_server_rounds - task.resume_after_round,
+            evaluate_fn=strategy.evaluate_fn,
         )
     except BaseException as error:
         # The monitor and `fedxai run` read the status and the reason.

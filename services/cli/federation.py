@@ -27,11 +27,12 @@ import tomli_w
 from fedxai.data import load_pool
 from fedxai.errors import StoreError
 from fedxai.settings import SettingsError, StorageSettings, parse_address
-from fedxai.storage import ObjectStore, open_store
+from fedxai.storage import ObjectStore, open_store, read_document
 from fedxai.storage.layout import log_key, metrics_key, new_run_id
-from fedxai.task import TaskConfig
+from fedxai.task import TaskConfig, validate_id_setting
 from services.cli.processes import Children, Process
 from services.cli.progress import RunFailed, follow, place, say
+from services.cli.tasks import build_task, task_defaults
 
 CONNECTION = "fedxai-local"
 STARTUP_TIMEOUT = 120.0
@@ -139,6 +140,7 @@ class SuperLink:
     port: int
     # The `flwr` connection to it, written to $FLWR_HOME/config.toml.
     connection: dict[str, Any]
+    database: Path
 
 
 def superlink(
@@ -160,7 +162,7 @@ def superlink(
         "flower-superlink", *security, "--host", host, "--port", str(port),
         "--disable-runtime-dependency-installation", "--database", str(work / "superlink.db"),
     ]  # fmt: skip
-    return SuperLink(Process("superlink", argv, env, cwd=work), port, connection)
+    return SuperLink(Process("superlink", argv, env, cwd=work), port, connection, work / "superlink.db")
 
 
 def supernodes(
@@ -261,6 +263,10 @@ def start_explainer(children: Children, address: str, env: dict[str, str]) -> No
 
 def start_superlink(children: Children, link: SuperLink) -> None:
     """Starts the SuperLink, waits for it, and writes the ``flwr`` connection to it."""
+    # A fresh database: the SuperNodes of an earlier SuperLink that was killed were never
+    # removed from it, and the SuperLink would send them messages until their heartbeats expire.
+    for path in link.database.parent.glob(f"{link.database.name}*"):
+        path.unlink()
     children.start(link.process)
     _wait_for_port(link.connection["address"].rsplit(":", 1)[0], link.port, children, "superlink")
     flwr_home = Path(link.process.env["FLWR_HOME"])
@@ -296,13 +302,46 @@ def start_federation(children: Children, work: Path, clients: int, env: dict[str
     return Federation(work, env, [node.cwd for node in nodes if node.cwd is not None])
 
 
-def open_run_store(storage: StorageSettings, task: TaskConfig) -> ObjectStore:
-    """The store, checked, with no run of that id in it yet: a run never writes over another."""
+def resumed_task(app_dir: Path, overrides: dict[str, Any], storage: StorageSettings, run_id: str) -> TaskConfig:
+    """The task of run ``run_id`` as the run recorded it, with the command line's
+    settings on top, continuing after the last round whose global model it stored."""
+    validate_id_setting("--resume", run_id)
+    task_name = build_task(app_dir, overrides).task_name
     store = open_store(storage)
     store.check()
-    if store.exists(metrics_key(task.task_name, task.run_id)):
-        raise SettingsError(f"run-id {task.run_id!r}: task {task.task_name} has a run of that id already")
+    document = read_document(store, metrics_key(task_name, run_id))
+    if document is None:
+        raise SettingsError(f"--resume {run_id}: task {task_name} has no such run")
+    stored = [entry["round"] for entry in document.get("rounds", []) if "checkpoint" in entry]
+    if not stored:
+        raise SettingsError(f"--resume {run_id}: the run stored no global model yet; start a new run instead")
+    # Recorded settings that this version no longer knows are dropped (with their default back).
+    known = task_defaults(app_dir)
+    recorded = {key: value for key, value in document.get("config", {}).items() if key in known}
+    return build_task(app_dir, {**recorded, **overrides, "run-id": run_id, "resume-after-round": max(stored)})
+
+
+def open_run_store(storage: StorageSettings, task: TaskConfig) -> ObjectStore:
+    """The store, checked, with no run of that id in it yet (a run never writes over
+    another), or, for a run that continues, with that run in it, marked running again."""
+    store = open_store(storage)
+    store.check()
+    key = metrics_key(task.task_name, task.run_id)
+    if not task.resume_after_round:
+        if store.exists(key):
+            raise SettingsError(f"run-id {task.run_id!r}: task {task.task_name} has a run of that id already")
+        return store
+    document = read_document(store, key)
+    if document is None:
+        raise SettingsError(f"run-id {task.run_id!r}: task {task.task_name} has no such run to continue")
+    # Until the aggregator takes the record over, the end of the previous attempt must not read as this one's.
+    document.update(status="running", reason=None, finished_at=None)
+    store.put(key, json.dumps(document, indent=2).encode(), "application/json")
     return store
+
+
+def resuming(task: TaskConfig) -> str:
+    return f" (continuing after round {task.resume_after_round})" if task.resume_after_round else ""
 
 
 def _started(work_dir: Path, base_env: Mapping[str, str]) -> tuple[Path, Children]:
@@ -327,7 +366,8 @@ def run_federation(options: RunOptions, base_env: Mapping[str, str], out: TextIO
     say(
         out,
         f"FedXAI: task {task.task_name}, run {task.run_id}, {options.clients} clients, {task.num_server_rounds} "
-        f"rounds, XAI {'on' if task.xai_enabled else 'off'}, storage {where}; logs in {children.log_dir}/",
+        f"rounds{resuming(task)}, XAI {'on' if task.xai_enabled else 'off'}, storage {where}; logs in "
+        f"{children.log_dir}/",
     )
     try:
         if options.start_explainer:
@@ -365,7 +405,7 @@ def run_aggregator(
         start_superlink(children, superlink(work, env, host, port, tls))
         say(
             out,
-            f"superlink on {host}:{port}; run {task.run_id} of task {task.task_name} waits for "
+            f"superlink on {host}:{port}; run {task.run_id} of task {task.task_name}{resuming(task)} waits for "
             f"{task.min_train_nodes} trainers",
         )
         Federation(work, env, []).submit(children, "flwr-run", app_dir, task.to_run_config())

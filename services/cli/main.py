@@ -24,6 +24,7 @@ from fedxai.settings import (
     read_secret,
 )
 from fedxai.storage import ObjectStore, open_store
+from fedxai.task import TaskConfig
 
 DESCRIPTION = (
     "FedXAI: federated learning with Flower and Grad-CAM explanations. `fedxai run` starts everything on "
@@ -84,16 +85,26 @@ def _task_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
+def _task(args: argparse.Namespace, app_dir: Path, clients: int | None = None) -> TaskConfig:
+    """The task to run: a new run, or the run ``--resume`` names, continued."""
+    from services.cli.federation import named, resumed_task
+    from services.cli.tasks import build_task
+
+    if args.resume:
+        return resumed_task(app_dir, _task_overrides(args), _storage(args), args.resume)
+    return named(build_task(app_dir, _task_overrides(args), clients))
+
+
 def _run(args: argparse.Namespace) -> int:
-    from services.cli.federation import RunOptions, dry_run, named, run_federation
+    from services.cli.federation import RunOptions, dry_run, run_federation
     from services.cli.progress import RunFailed, summary
-    from services.cli.tasks import build_task, default_app_dir
+    from services.cli.tasks import default_app_dir
 
     if args.clients < 1:
         raise SettingsError("--clients must be at least 1")
     app_dir = Path(args.app_dir) if args.app_dir else default_app_dir()
     options = RunOptions(
-        task=named(build_task(app_dir, _task_overrides(args), args.clients)),
+        task=_task(args, app_dir, args.clients),
         clients=args.clients,
         storage=_storage(args),
         app_dir=app_dir,
@@ -113,12 +124,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _aggregator(args: argparse.Namespace) -> int:
-    from services.cli.federation import named, run_aggregator
+    from services.cli.federation import run_aggregator
     from services.cli.progress import RunFailed, summary
-    from services.cli.tasks import build_task, default_app_dir
+    from services.cli.tasks import default_app_dir
 
     app_dir = Path(args.app_dir) if args.app_dir else default_app_dir()
-    task = named(build_task(app_dir, _task_overrides(args)))
+    task = _task(args, app_dir)
     address = parse_address("--address", args.address)
     tls = (args.tls_cert_file, args.tls_key_file, args.tls_ca_file)
     if any(tls) and not all(tls):
@@ -227,6 +238,12 @@ def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_storage_arguments(parser)
     parser.add_argument("--work-dir", default=".fedxai", help="logs, Flower state and trainer outboxes")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_ID",
+        help="continue this run of the task, stopped or failed, after the last round it stored "
+        "(its recorded settings, with the ones given here on top)",
+    )
     parser.add_argument("--app-dir", help="the project source tree holding the Flower app (default: this one)")
 
 

@@ -55,7 +55,7 @@ def describe_round(entry: dict[str, Any], rounds: int) -> str:
 def follow(children: Children, store: ObjectStore, task: TaskConfig, out: TextIO) -> dict[str, Any]:
     """Prints each round as the aggregator records it, until the run ends."""
     key = metrics_key(task.task_name, task.run_id)
-    reported = 0
+    reported = task.resume_after_round  # a resumed run's earlier rounds were reported by its first attempt
     while True:
         document = read_document(store, key)
         rounds = [r for r in (document or {}).get("rounds", []) if r["round"] > 0]
