@@ -355,23 +355,42 @@ def test_a_task_opens_on_its_newest_run(monitor_url):
     assert status == 200 and [r["run"] for r in json.loads(body)] == [RUN, OLD_RUN]
 
 
-def test_run_api_has_metrics_and_the_gallery_of_that_run_only(monitor_url):
-    status, kind, body = get(f"{monitor_url}/api/tasks/xaitest/runs/{RUN}")
-    assert status == 200 and kind == "application/json"
-    document = json.loads(body)
+def api(monitor_url: str, path: str) -> dict:
+    status, kind, body = get(f"{monitor_url}/api/tasks/{path}")
+    assert (status, kind) == (200, "application/json"), (path, status, body[:200])
+    return json.loads(body)
+
+
+def test_run_api_has_metrics_and_the_index_of_that_runs_pictures_only(monitor_url):
+    document = api(monitor_url, f"xaitest/runs/{RUN}")
     assert [r["round"] for r in document["metrics"]["rounds"]] == [0, 1, 2]
-    assert sorted(document["gallery"]) == ["1", "2"]
-    assert sorted(document["gallery"]["1"]) == list(CLIENTS), "the ad-hoc call's client 'me' is not in the run"
-    assert len(document["gallery"]["2"]["client-1"]) == 10
+    assert sorted(document["explained"]) == ["1", "2"]
+    index = {"clients": list(CLIENTS), "global": False, "updates": []}
+    assert document["explained"]["1"] == index, "the ad-hoc call's client 'me' is not in the run"
     summary = document["summary"]
     assert (summary["state"], summary["seconds_per_round"], summary["duration_seconds"]) == ("finished", 41.5, 125.0)
-    image = document["gallery"]["2"]["client-1"][7]
+    assert "gallery" not in document, "the pictures come a round or a client at a time"
+    assert api(monitor_url, f"xaitest/runs/{OLD_RUN}")["explained"] == {}
+
+
+def test_a_rounds_and_a_clients_pictures(monitor_url):
+    round_2 = api(monitor_url, f"xaitest/runs/{RUN}/rounds/2")
+    assert sorted(round_2["gallery"]) == list(CLIENTS)
+    assert len(round_2["gallery"]["client-1"]) == 10
+    image = round_2["gallery"]["client-1"][7]
     assert image["key"] == f"xaitest/runs/{RUN}/round-002/client-1/gradcam_class_7.jpg"
     assert image["manifest"] == f"/manifests/xaitest/{RUN}/2/client-1"
     assert image["checkpoint"] == f"/checkpoints/xaitest/{RUN}/2"
     assert len(image["sample_sha256"]) == 64
-    status, _, body = get(f"{monitor_url}/api/tasks/xaitest/runs/{OLD_RUN}")
-    assert status == 200 and json.loads(body)["gallery"] == {}
+    assert round_2["probe"] == {"global": None, "updates": {}}
+    assert api(monitor_url, f"xaitest/runs/{RUN}/rounds/7")["gallery"] == {}
+
+    history = api(monitor_url, f"xaitest/runs/{RUN}/clients/client-1")
+    assert sorted(history["gallery"]) == ["1", "2"]
+    assert history["gallery"]["2"] == round_2["gallery"]["client-1"]
+    assert api(monitor_url, f"xaitest/runs/{RUN}/clients/me")["gallery"] == {}, "an ad-hoc call is not the run's"
+    for path in (f"xaitest/runs/{RUN}/clients/..%2Fx", f"xaitest/runs/{RUN}/rounds/x", "xaitest/runs/nope/rounds/1"):
+        assert get(f"{monitor_url}/api/tasks/{path}")[0] == 404
 
 
 class CountingStore(LocalStore):
@@ -390,12 +409,14 @@ def test_a_poll_reads_only_the_manifests_written_since_the_last(filled_store, tm
     shutil.copytree(filled_store.root, tmp_path / "store")
     store = CountingStore(tmp_path / "store")
     monitor = Monitor(store)
-    first = monitor.run("xaitest", RUN)
+    monitor.run("xaitest", RUN)
+    assert not [key for key in store.reads if key.endswith("/explanations.json")], "the index needs only the keys"
+    first = monitor.round_pictures("xaitest", RUN, 2)
     manifests = [key for key in store.reads if key.endswith("/explanations.json")]
-    assert len(manifests) == len(CLIENTS) * 2
+    assert len(manifests) == len(CLIENTS)
 
     store.reads.clear()
-    assert monitor.run("xaitest", RUN) == first
+    assert monitor.round_pictures("xaitest", RUN, 2) == first
     assert not [key for key in store.reads if key.endswith("/explanations.json")]
 
     key = f"xaitest/runs/{RUN}/round-002/client-1/explanations.json"
@@ -403,12 +424,14 @@ def test_a_poll_reads_only_the_manifests_written_since_the_last(filled_store, tm
     manifest["images"] = manifest["images"][:3]
     store.put(key, json.dumps(manifest).encode(), "application/json")
     store.reads.clear()
-    assert len(monitor.run("xaitest", RUN)["gallery"]["2"]["client-1"]) == 3
+    assert len(monitor.round_pictures("xaitest", RUN, 2)["gallery"]["client-1"]) == 3
     assert [k for k in store.reads if k.endswith("/explanations.json")] == [key]
 
 
 def test_the_run_api_is_compressed_for_browsers(monitor_url):
-    request = urllib.request.Request(f"{monitor_url}/api/tasks/xaitest/runs/{RUN}", headers={"Accept-Encoding": "gzip"})
+    request = urllib.request.Request(
+        f"{monitor_url}/api/tasks/xaitest/runs/{RUN}/rounds/2", headers={"Accept-Encoding": "gzip"}
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.headers["Content-Encoding"] == "gzip"
         compressed = response.read()
@@ -428,10 +451,8 @@ def test_each_picture_links_to_its_manifest(monitor_url, filled_store):
 
 
 def test_run_api_passes_the_scores_through(monitor_url):
-    status, _, body = get(f"{monitor_url}/api/tasks/scored/runs/{SCORED_RUN}")
-    assert status == 200
-    document = json.loads(body)
-    scored = {image["label"]: image for image in document["gallery"]["1"]["client-0"]}
+    document = api(monitor_url, f"scored/runs/{SCORED_RUN}/clients/client-0")
+    scored = {image["label"]: image for image in document["gallery"]["1"]}
     assert scored[0]["degenerate"] is True and scored[1]["weak"] is True and scored[1]["cam_max"] == 0.0012
     assert (scored[2]["sanity_passed"], scored[2]["sanity_spearman"]) == (False, 0.78)
     assert scored[3]["selection"] == SELECTION and scored[0]["selection"] is None
@@ -439,11 +460,11 @@ def test_run_api_passes_the_scores_through(monitor_url):
         assert scored[label]["faithfulness"] == fields["faithfulness"]
         assert scored[label]["src"] == f"/images/scored/{SCORED_RUN}/1/client-0/gradcam_class_{label}.jpg"
     # The manifest's call-wide checks sit beside the gallery, keyed the same way.
-    assert document["quality"] == {
-        "1": {"client-0": {"replacement": "noisy linear imputation (ROAD)", "sanity": SANITY}}
-    }
+    checks = {"replacement": "noisy linear imputation (ROAD)", "sanity": SANITY}
+    assert document["quality"] == {"1": checks}
+    assert api(monitor_url, f"scored/runs/{SCORED_RUN}/rounds/1")["quality"] == {"client-0": checks}
     # Older manifests: the new fields are null, the old ones as before.
-    (old,) = [image for image in document["gallery"]["2"]["client-0"] if image["label"] == 2]
+    (old,) = [image for image in document["gallery"]["2"] if image["label"] == 2]
     new_fields = ("weak", "faithfulness", "sanity_spearman", "sanity_passed", "selection", "sample_sha256")
     assert all(old[name] is None for name in new_fields)
     assert (old["predicted_class"], old["method"], old["degenerate"]) == (2, "Grad-CAM", False)
@@ -747,23 +768,25 @@ def test_the_page_shows_the_scores_beside_each_heatmap(monitor_url, tmp_path):
 
 
 def test_run_api_has_the_probe_galleries(monitor_url, filled_store):
-    status, _, body = get(f"{monitor_url}/api/tasks/federated/runs/{RUN}")
-    assert status == 200
-    document = json.loads(body)
-    assert document["gallery"] == {}, "the probe set's pictures are not a client's"
+    document = api(monitor_url, f"federated/runs/{RUN}")
+    rounds = {}
     for round_number in ROUNDS:
-        probe = document["probe"][str(round_number)]
+        listed = document["explained"][str(round_number)]
+        assert listed == {"clients": [], "global": True, "updates": list(FEDERATED_CLIENTS)}
+        rounds[round_number] = api(monitor_url, f"federated/runs/{RUN}/rounds/{round_number}")
+        assert rounds[round_number]["gallery"] == {}, "the probe set's pictures are not a client's"
+        probe = rounds[round_number]["probe"]
         assert len(probe["global"]) == 10
         assert sorted(probe["updates"]) == list(FEDERATED_CLIENTS)
         assert document["metrics"]["rounds"][round_number]["comparison"]["flagged"] == ["client-3"]
-    src = document["probe"]["2"]["updates"]["client-3"][7]["src"]
+    src = rounds[2]["probe"]["updates"]["client-3"][7]["src"]
     assert src == f"/images/federated/{RUN}/2/updates/client-3/gradcam_class_7.jpg"
     status, kind, jpeg = get(f"{monitor_url}{src}")
     assert status == 200 and kind == "image/jpeg"
     assert jpeg == filled_store.get(f"federated/runs/{RUN}/round-002/updates/client-3/gradcam_class_7.jpg")
-    status, _, jpeg = get(f"{monitor_url}{document['probe']['1']['global'][0]['src']}")
+    status, _, jpeg = get(f"{monitor_url}{rounds[1]['probe']['global'][0]['src']}")
     assert status == 200 and decode_jpeg(jpeg).shape[2] == 3
-    manifest = document["probe"]["2"]["updates"]["client-3"][7]["manifest"]
+    manifest = rounds[2]["probe"]["updates"]["client-3"][7]["manifest"]
     assert json.loads(get(f"{monitor_url}{manifest}")[2])["subject"] == "update"
     for path in (
         f"/images/federated/{RUN}/1/updates/..%2Fglobal/gradcam_class_1.jpg",

@@ -148,16 +148,19 @@ def main() -> None:
         raise AssertionError("the monitoring page answered without its password")
     except urllib.error.HTTPError as error:
         assert error.code == 401, error.code
-    task = json.loads(monitor_get(f"http://{args.monitor}/api/tasks/xaitest/runs/{run}", password))
+    api = f"http://{args.monitor}/api/tasks/xaitest/runs/{run}"
+    task = json.loads(monitor_get(api, password))
     assert task["metrics"]["status"] == "finished" and task["summary"]["state"] == "finished"
     assert sorted(task["logs"]) == ["flwr-run", "superlink"], task["logs"]
-    shown = sum(len(images) for clients in task["gallery"].values() for images in clients.values())
+    rounds = [json.loads(monitor_get(f"{api}/rounds/{number}", password)) for number in task["explained"]]
+    shown = sum(len(images) for pictures in rounds for images in pictures["gallery"].values())
     assert shown == images, (shown, images)
     probe_shown = sum(
-        len(probe["global"]) + sum(map(len, probe["updates"].values())) for probe in task["probe"].values()
+        len(pictures["probe"]["global"] or []) + sum(map(len, pictures["probe"]["updates"].values()))
+        for pictures in rounds
     )
     assert probe_shown == probe_images, (probe_shown, probe_images)
-    sample = next(iter(next(iter(task["gallery"].values())).values()))[0]["src"]
+    sample = next(iter(rounds[0]["gallery"].values()))[0]["src"]
     picture = cv2.imdecode(np.frombuffer(monitor_get(f"http://{args.monitor}{sample}", password), np.uint8), 1)
     assert picture is not None, sample
     sys.stdout.write(f"monitor: asks for its password; the run page's data lists {shown} heatmaps and serves them\n")

@@ -17,6 +17,7 @@ import hmac
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from fedxai.storage.layout import (
     Folder,
     global_model_key,
     metrics_key,
+    round_prefix,
     run_prefix,
     validate_id,
 )
@@ -153,23 +155,16 @@ class Monitor:
         return document
 
     def run(self, task: str, run: str) -> dict[str, Any]:
-        """A run's record, its logs and the gallery index.
+        """A run's record, its logs, and which rounds have explanations of what.
 
-        ``gallery[round][client]`` lists the manifest's images with their scores
-        (deletion gaps of every method, the sanity check of the drawn method, why
-        the automatic choice picked it); ``quality[round][client]`` holds what the
-        manifest says of the whole call: how removed pixels were filled
-        (``replacement``) and the model-randomisation check of every method
-        (``sanity``). Fields an older manifest lacks are null, and a manifest
-        without either call-wide field has no ``quality`` entry. ``probe[round]``
-        holds the probe-set images of the global model (``global``) and of each
-        client's update (``updates[client]``), in the gallery's form; the
-        comparisons are in the metrics, under each round's ``comparison``.
+        ``explained[round]`` names the clients with heatmaps (``clients``), whether the
+        global model was explained on the probe set (``global``) and whose updates were
+        (``updates``). The pictures themselves come a round at a time (``round_pictures``) or a
+        client at a time (``client_pictures``): a run of 100 clients has thousands of manifests,
+        and the page polls this every few seconds.
         """
         metrics = self.metrics(task, run)
-        gallery: dict[str, dict[str, list[dict[str, Any]]]] = {}
-        quality: dict[str, dict[str, dict[str, Any]]] = {}
-        probe: dict[str, dict[str, Any]] = {}
+        explained: dict[str, dict[str, Any]] = {}
         logs: list[str] = []
         logs_prefix = f"{run_prefix(task, run)}/{LOGS_DIR}/"
         for info in self.store.list(f"{run_prefix(task, run)}/"):
@@ -177,30 +172,77 @@ class Monitor:
                 logs.append(info.key.removeprefix(logs_prefix).removesuffix(".log"))
                 continue
             folder = Folder.of_manifest(info.key)
-            manifest = self.manifests.read(info) if folder is not None else None
-            if folder is None or manifest is None:
+            if folder is None:
                 continue
-            images = [_gallery_entry(entry, folder) for entry in manifest.get("images", []) if isinstance(entry, dict)]
-            round_key = str(folder.round)
+            here = explained.setdefault(str(folder.round), {"clients": [], "global": False, "updates": []})
             if folder.subject == "global":
-                probe.setdefault(round_key, {"updates": {}})["global"] = images
-            elif folder.subject == "update":
-                probe.setdefault(round_key, {"updates": {}})["updates"][folder.client_id] = images
+                here["global"] = True
             else:
-                gallery.setdefault(round_key, {})[folder.client_id] = images
-            checks = {"replacement": manifest.get("replacement"), "sanity": _record(manifest.get("sanity"))}
-            if folder.subject == "client" and any(value is not None for value in checks.values()):
-                quality.setdefault(round_key, {})[folder.client_id] = checks
+                here["updates" if folder.subject == "update" else "clients"].append(folder.client_id)
+        for here in explained.values():
+            here["clients"].sort()
+            here["updates"].sort()
         return {
             "task": task,
             "run": run,
             "summary": _summary(task, run, metrics, datetime.now(UTC)),
             "metrics": metrics,
             "logs": sorted(logs),
-            "gallery": gallery,
-            "quality": quality,
-            "probe": probe,
+            "explained": explained,
         }
+
+    def round_pictures(self, task: str, run: str, round_number: int) -> dict[str, Any]:
+        """The pictures of one round, with their scores.
+
+        ``gallery[client]`` lists each client's manifest images with their scores
+        (deletion gaps of every method, the sanity check of the drawn method, why the
+        automatic choice picked it); ``quality[client]`` holds what the manifest says
+        of the whole call: how removed pixels were filled (``replacement``) and the
+        model-randomisation check of every method (``sanity``). Fields an older
+        manifest lacks are null, and a manifest without either call-wide field has no
+        ``quality`` entry. ``probe`` holds the probe-set images of the global model
+        (``global``) and of each client's update (``updates[client]``), in the
+        gallery's form; the comparisons are in the metrics, under the round's
+        ``comparison``.
+        """
+        self.metrics(task, run)
+        gallery: dict[str, list[dict[str, Any]]] = {}
+        quality: dict[str, dict[str, Any]] = {}
+        probe: dict[str, Any] = {"global": None, "updates": {}}
+        for folder, manifest in self._manifests(f"{round_prefix(task, run, round_number)}/"):
+            images = _gallery_images(manifest, folder)
+            if folder.subject == "global":
+                probe["global"] = images
+            elif folder.subject == "update":
+                probe["updates"][folder.client_id] = images
+            else:
+                gallery[folder.client_id] = images
+                if (checks := _call_checks(manifest)) is not None:
+                    quality[folder.client_id] = checks
+        return {"round": round_number, "gallery": gallery, "quality": quality, "probe": probe}
+
+    def client_pictures(self, task: str, run: str, client: str) -> dict[str, Any]:
+        """One client's pictures in every round (``gallery[round]``, ``quality[round]``
+        as in ``round_pictures``), for following a class across the rounds."""
+        self.metrics(task, run)
+        _checked_id("client", client)
+        gallery: dict[str, list[dict[str, Any]]] = {}
+        quality: dict[str, dict[str, Any]] = {}
+        for folder, manifest in self._manifests(f"{run_prefix(task, run)}/", client):
+            gallery[str(folder.round)] = _gallery_images(manifest, folder)
+            if (checks := _call_checks(manifest)) is not None:
+                quality[str(folder.round)] = checks
+        return {"client": client, "gallery": gallery, "quality": quality}
+
+    def _manifests(self, prefix: str, client: str = "") -> Iterator[tuple[Folder, dict[str, Any]]]:
+        """The readable manifests under ``prefix`` (of ``client``'s heatmaps only, if given)."""
+        for info in self.store.list(prefix):
+            folder = Folder.of_manifest(info.key)
+            if folder is None or (client and (folder.subject, folder.client_id) != ("client", client)):
+                continue
+            manifest = self.manifests.read(info)
+            if manifest is not None:
+                yield folder, manifest
 
     def read(self, key: str, what: str) -> bytes:
         try:
@@ -241,6 +283,16 @@ def _folder_path(folder: Folder) -> str:
     """A folder as the page's URLs name it: /<task>/<run>/<round>/<client, global or updates/client>."""
     where = {"client": folder.client_id, "global": GLOBAL_DIR, "update": f"{UPDATES_DIR}/{folder.client_id}"}
     return f"/{folder.task_id}/{folder.run_id}/{folder.round}/{where[folder.subject]}"
+
+
+def _gallery_images(manifest: dict[str, Any], folder: Folder) -> list[dict[str, Any]]:
+    return [_gallery_entry(entry, folder) for entry in manifest.get("images", []) if isinstance(entry, dict)]
+
+
+def _call_checks(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """What a manifest says of its whole call, or None where it says neither (older manifests)."""
+    checks = {"replacement": manifest.get("replacement"), "sanity": _record(manifest.get("sanity"))}
+    return checks if any(value is not None for value in checks.values()) else None
 
 
 def _gallery_entry(entry: dict[str, Any], folder: Folder) -> dict[str, Any]:
@@ -347,6 +399,14 @@ def create_app(store: ObjectStore, user: str = "", password: str = "") -> Starle
     def run_api(request: Request) -> Response:
         return JSONResponse(monitor.run(request.path_params["task"], request.path_params["run"]))
 
+    def round_api(request: Request) -> Response:
+        p = request.path_params
+        return JSONResponse(monitor.round_pictures(p["task"], p["run"], p["round"]))
+
+    def client_api(request: Request) -> Response:
+        p = request.path_params
+        return JSONResponse(monitor.client_pictures(p["task"], p["run"], p["client"]))
+
     def metrics_api(request: Request) -> Response:
         return JSONResponse(monitor.metrics(request.path_params["task"], request.path_params["run"]))
 
@@ -394,6 +454,8 @@ def create_app(store: ObjectStore, user: str = "", password: str = "") -> Starle
             Route("/api/tasks/{task}/runs", runs_api),
             Route("/api/tasks/{task}/runs/{run}", run_api),
             Route("/api/tasks/{task}/runs/{run}/metrics", metrics_api),
+            Route("/api/tasks/{task}/runs/{run}/rounds/{round:int}", round_api),
+            Route("/api/tasks/{task}/runs/{run}/clients/{client}", client_api),
             Route(f"/images/{folder}/{{client}}/{{name}}", image),
             Route(f"/images/{folder}/{UPDATES_DIR}/{{client}}/{{name}}", update_image),
             Route(f"/manifests/{folder}/{{client}}", manifest),
@@ -405,7 +467,7 @@ def create_app(store: ObjectStore, user: str = "", password: str = "") -> Starle
         exception_handlers={404: not_found, 405: not_found},
         middleware=[
             Middleware(SecurityHeaders),
-            # A run's data is JSON of a few MB for long runs; it compresses tenfold.
+            # A round's pictures with their scores are JSON of a few hundred KB at 100 clients.
             Middleware(GZipMiddleware, minimum_size=4096),
             *([Middleware(BasicAuth, user=user, password=password)] if password else []),
         ],

@@ -1,7 +1,8 @@
 // A run's page: its facts and settings, curves (overall and per client), the
 // comparisons across the federation, the gallery and the logs, from
-// /api/tasks/<task>/runs/<run>. While the run goes on the data is fetched again
-// every few seconds; a run that stopped reporting is marked stale.
+// /api/tasks/<task>/runs/<run> and, for the pictures on show, its /rounds/<round>
+// and /clients/<client>. While the run goes on the data is fetched again every few
+// seconds; a run that stopped reporting is marked stale.
 "use strict";
 
 const task = document.currentScript.dataset.task;
@@ -271,8 +272,25 @@ function describeChecks(checks) {
 }
 
 
-function drawGallery() {
-  const rounds = Object.keys(data.gallery).sort((a, b) => a - b);
+// The pictures come a round (or a client) at a time, as the controls ask for them,
+// and are fetched again after each poll while the run goes on (scores are added late).
+const api = `/api/tasks/${encodeURIComponent(task)}/runs/${encodeURIComponent(run)}`;
+const pictures = new Map();
+
+function picturesOf(path) {
+  if (!pictures.has(path)) {
+    pictures.set(path, fetch(`${api}/${path}`).then((response) => response.ok ? response.json() : null));
+  }
+  return pictures.get(path);
+}
+
+const byNumber = (a, b) => a - b;
+let galleryDrawn = 0;  // a later draw wins over an earlier one still waiting for its pictures
+
+async function drawGallery() {
+  const drawing = ++galleryDrawn;
+  const explained = data.explained || {};
+  const rounds = Object.keys(explained).filter((r) => explained[r].clients.length).sort(byNumber);
   const round = document.getElementById("round"), client = document.getElementById("client");
   const note = document.getElementById("gallery-note");
   for (const id of ["gallery-controls", "compare-section"]) document.getElementById(id).hidden = !rounds.length;
@@ -280,24 +298,27 @@ function drawGallery() {
     ? "This run trained without explanations: there are no heatmaps."
     : "No heatmaps stored yet: they come after each round's evaluation.";
   setOptions(round, rounds);
-  const clients = Object.keys(data.gallery[round.value] || {}).sort();
-  setOptions(client, clients);
-  const quality = data.quality || {};
-  const checksOf = (r) => (quality[r] || {})[client.value];
-  const images = (data.gallery[round.value] || {})[client.value] || [];
+  setOptions(client, (explained[round.value] || { clients: [] }).clients);
+  const [here, history] = rounds.length
+    ? await Promise.all([picturesOf(`rounds/${round.value}`), picturesOf(`clients/${encodeURIComponent(client.value)}`)])
+    : [null, null];
+  if (drawing !== galleryDrawn) return;
+  const images = ((here || {}).gallery || {})[client.value] || [];
+  const checksOf = (r) => ((history || {}).quality || {})[r];
   const gallery = document.getElementById("gallery");
-  const checks = checksOf(round.value);
+  const checks = ((here || {}).quality || {})[client.value];
   gallery.replaceChildren(...images.map((image) => figure(image, describe(image), "gallery", checks)));
   gallery.dataset.round = round.value;
   gallery.dataset.client = client.value;
   describeChecks(checks);
 
-  const classes = [...new Set(rounds.flatMap((r) => (data.gallery[r][client.value] || []).map((i) => String(i.label))))];
+  const seen = (history || {}).gallery || {};
+  const classes = [...new Set(Object.values(seen).flatMap((list) => list.map((i) => String(i.label))))];
   const klass = document.getElementById("class");
-  setOptions(klass, classes.sort((a, b) => a - b));
+  setOptions(klass, classes.sort(byNumber));
   let previous = null;
-  const across = rounds.flatMap((r) =>
-    (data.gallery[r][client.value] || []).filter((i) => String(i.label) === klass.value).map((i) => {
+  const across = Object.keys(seen).sort(byNumber).flatMap((r) =>
+    seen[r].filter((i) => String(i.label) === klass.value).map((i) => {
       const fig = figure(i, `round ${r}: ${describe(i)}`, "compare", checksOf(r));
       // The strip means something only if it shows one input: say when it changes.
       if (previous !== null && i.sample_sha256 && previous.sample_sha256 && i.sample_sha256 !== previous.sample_sha256) {
@@ -311,6 +332,7 @@ function drawGallery() {
     }));
   document.getElementById("compare").replaceChildren(...across);
 }
+
 function mean(values) {
   const numbers = Object.values(values || {}).filter(isNumber);
   return numbers.length ? numbers.reduce((a, b) => a + b, 0) / numbers.length : null;
@@ -376,18 +398,22 @@ function drawFederation(rounds) {
     td.colSpan = 9;
     td.textContent = compared.length ? "No client flagged in any round." : "No comparisons yet.";
   }
-  drawProbeGallery();
+  return drawProbeGallery();
 }
 
-function drawProbeGallery() {
-  const probe = data.probe || {};
+let probeDrawn = 0;
+
+async function drawProbeGallery() {
+  const drawing = ++probeDrawn;
+  const explained = data.explained || {};
   const round = document.getElementById("probe-round"), model = document.getElementById("probe-model");
-  setOptions(round, Object.keys(probe).sort((a, b) => a - b));
-  const here = probe[round.value] || { updates: {} };
-  const models = [...(here.global ? ["global"] : []), ...Object.keys(here.updates || {}).sort().map((c) => `update ${c}`)];
-  setOptions(model, models);
+  setOptions(round, Object.keys(explained).filter((r) => explained[r].global || explained[r].updates.length).sort(byNumber));
+  const listed = explained[round.value] || { global: false, updates: [] };
+  setOptions(model, [...(listed.global ? ["global"] : []), ...listed.updates.map((c) => `update ${c}`)]);
+  const here = round.value ? ((await picturesOf(`rounds/${round.value}`)) || {}).probe || {} : {};
+  if (drawing !== probeDrawn) return;
   const client = model.value.startsWith("update ") ? model.value.slice(7) : null;
-  const images = client === null ? here.global || [] : here.updates[client] || [];
+  const images = (client === null ? here.global : (here.updates || {})[client]) || [];
   const entry = (data.metrics.rounds || []).find((r) => String(r.round) === round.value);
   const comparison = (entry && entry.comparison) || {};
   const figures = client === null ? comparison.global || {} : (comparison.clients || {})[client] || {};
@@ -662,20 +688,21 @@ function drawLogs() {
   }
 }
 
-function render() {
+async function render() {
   drawOverview();
   drawCurves();
   drawClients();
-  drawFederation((data.metrics.rounds || []).filter((r) => r.round > 0));
-  drawGallery();
+  const galleries = [drawGallery(), drawFederation((data.metrics.rounds || []).filter((r) => r.round > 0))];
   drawLogs();
+  await Promise.all(galleries);
 }
 
 async function refresh() {
-  const response = await fetch(`/api/tasks/${encodeURIComponent(task)}/runs/${encodeURIComponent(run)}`);
+  const response = await fetch(api);
   if (!response.ok) return;
   data = await response.json();
-  render();
+  pictures.clear();
+  await render();
   document.body.dataset.loaded = "true";
   if (data.summary.state === "running") setTimeout(refresh, REFRESH_MS);
 }
