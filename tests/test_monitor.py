@@ -275,6 +275,7 @@ def write_troubled_task(store: LocalStore) -> None:
     """Task "troubled": a run that failed, and one whose aggregator vanished two hours ago."""
     rounds = [{"round": r, "global": {"accuracy": 0.9, "loss": 0.3}, "seconds": 30.0} for r in (0, 1)]
     failed = {"status": "failed", "reason": "RuntimeError: no trainer answered", "num_rounds": 3, "rounds": rounds}
+    failed["resumed"] = [{"after_round": 1, "at": "2026-11-30T07:00:30+00:00"}]
     put_metrics(store, "troubled", FAILED_RUN, {**failed, "updated_at": "2026-11-30T07:01:00+00:00"})
     vanished = datetime.now(UTC) - timedelta(hours=2)
     stale = {"status": "running", "num_rounds": 3, "rounds": rounds, "updated_at": vanished.isoformat()}
@@ -708,6 +709,9 @@ def test_the_page_says_why_a_run_failed_and_when_one_went_stale(monitor_url, tmp
     dom = dump_dom(f"{monitor_url}/tasks/troubled/runs/{FAILED_RUN}", tmp_path / "profile")
     (note,) = dom.nodes("p", id="state-note")
     assert dom.text(note).startswith("The run failed: RuntimeError: no trainer answered.")
+    assert dom.text(note).endswith(f"`fedxai run --resume {FAILED_RUN}` continues it after round 1.")
+    (facts,) = dom.nodes("dl", id="facts")
+    assert "continuedafter round 1, 2026-11-30 07:00:30 UTC" in dom.text(facts)
     dom = dump_dom(f"{monitor_url}/tasks/troubled/runs/{STALE_RUN}", tmp_path / "profile")
     (status,) = dom.find("span", id="status")
     assert status["class"] == "status-stale"

@@ -447,11 +447,14 @@ function drawOverview() {
   status.className = `status-${s.state}`;
   const note = document.getElementById("state-note");
   note.replaceChildren();
+  // A run that stopped after a round it recorded can be continued from there.
+  const resume = s.rounds > 0 ? ` \`fedxai run --resume ${run}\` continues it after round ${s.rounds}.` : "";
   if (s.state === "failed") {
-    note.append(element("span", "fails", `The run failed: ${s.reason || "no reason recorded"}. The logs below say more.`));
+    note.append(element("span", "fails",
+      `The run failed: ${s.reason || "no reason recorded"}. The logs below say more.${resume}`));
   } else if (s.state === "stale") {
     note.append(element("span", "fails", `No update since ${s.updated_at}: the aggregator stopped reporting ` +
-      "without finishing the run. This page no longer refreshes."));
+      `without finishing the run. This page no longer refreshes.${resume}`));
   }
   const facts = document.getElementById("facts");
   facts.replaceChildren();
@@ -464,6 +467,7 @@ function drawOverview() {
     ["clients", String(clients.size)],
     ["global accuracy", `${percent(s.accuracy)} (before training ${percent(((m.rounds || [])[0] || { global: {} }).global.accuracy)})`],
     ["explanations", config["xai-enabled"] === false ? "off" : `${config["cam-method"] || "?"}, ${config["samples-per-class"] || "?"} samples per class`],
+    ...(m.resumed || []).map((r) => ["continued", `after round ${r.after_round}, ${(r.at || "").replace("T", " ").replace("+00:00", " UTC")}`]),
   ]) {
     facts.append(element("dt", "", term), element("dd", "", value));
   }
