@@ -158,11 +158,12 @@ def superlink(
     else:
         security = ["--insecure"]
         connection = {"address": f"{reach}:{port}", "insecure": True}
+    database = work / "superlink.db"
     argv = [
         "flower-superlink", *security, "--host", host, "--port", str(port),
-        "--disable-runtime-dependency-installation", "--database", str(work / "superlink.db"),
+        "--disable-runtime-dependency-installation", "--database", str(database),
     ]  # fmt: skip
-    return SuperLink(Process("superlink", argv, env, cwd=work), port, connection, work / "superlink.db")
+    return SuperLink(Process("superlink", argv, env, cwd=work), port, connection, database)
 
 
 def supernodes(

@@ -470,7 +470,7 @@ class ExplanationService:
         if job.store:
             self.store_watch.require_available()
         started = time.monotonic()
-        where = job.folder.prefix if job.store else "not stored"
+        where = job.folder.prefix if job.store else "a call that stores nothing"
         log.info("explaining %d samples for %s", len(job.labels), where)
         computed = self.compute_lane.submit(compute_and_score, job, still_wanted).result()
         # Stored only while the caller waits: one that gave up sends it again.
