@@ -241,12 +241,17 @@ def wait_for_line(path: Path, pattern: str, run: subprocess.Popen, count: int = 
     pytest.fail(f"{pattern!r} was not logged in {path.name}")
 
 
+def command_line(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # it exited meanwhile
+        return b""
+
+
 def flower_process(work: Path, command: str, *markers: str) -> int:
     """The one process of the run in ``work`` running ``command`` with ``markers`` in its arguments."""
     (pid,) = [
-        pid
-        for pid in flower_processes(work)
-        if all(part.encode() in Path(f"/proc/{pid}/cmdline").read_bytes() for part in (command, *markers))
+        pid for pid in flower_processes(work) if all(part.encode() in command_line(pid) for part in (command, *markers))
     ]
     return pid
 
@@ -306,9 +311,7 @@ def test_chaos_explainer_superlink_and_a_trainer_killed_mid_run_lose_nothing(tmp
         run = start_run("resumed", "--resume", run_id)
         wait_for_line(work / "logs" / "supernode-1.log", r"client-1: round 2, training on", run)
         supernode = flower_process(work, "flower-supernode", "partition-id=1 ")
-        clientapps = [
-            pid for pid in descendants({supernode}) if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        ]
+        clientapps = [pid for pid in descendants({supernode}) if b"flwr-clientapp" in command_line(pid)]
         assert clientapps, "client-1 trains in a ClientApp process of its SuperNode"
         for pid in clientapps:
             os.kill(pid, signal.SIGKILL)
