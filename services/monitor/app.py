@@ -154,6 +154,13 @@ class Monitor:
             raise _not_found(f"no run {run!r} of task {task!r}")
         return document
 
+    def _require_run(self, task: str, run: str) -> None:
+        """404 unless the run exists; its record, large for long runs, is not read."""
+        _checked_id("task", task)
+        _checked_id("run", run)
+        if not self.store.exists(metrics_key(task, run)):
+            raise _not_found(f"no run {run!r} of task {task!r}")
+
     def run(self, task: str, run: str) -> dict[str, Any]:
         """A run's record, its logs, and which rounds have explanations of what.
 
@@ -205,7 +212,7 @@ class Monitor:
         gallery's form; the comparisons are in the metrics, under the round's
         ``comparison``.
         """
-        self.metrics(task, run)
+        self._require_run(task, run)
         gallery: dict[str, list[dict[str, Any]]] = {}
         quality: dict[str, dict[str, Any]] = {}
         probe: dict[str, Any] = {"global": None, "updates": {}}
@@ -224,7 +231,7 @@ class Monitor:
     def client_pictures(self, task: str, run: str, client: str) -> dict[str, Any]:
         """One client's pictures in every round (``gallery[round]``, ``quality[round]``
         as in ``round_pictures``), for following a class across the rounds."""
-        self.metrics(task, run)
+        self._require_run(task, run)
         _checked_id("client", client)
         gallery: dict[str, list[dict[str, Any]]] = {}
         quality: dict[str, dict[str, Any]] = {}
