@@ -160,7 +160,6 @@ class RunRecorder:
     def _record_failures(self, stage: str, replies: list[Message], sent_to: set[int]) -> None:
         """Notes why each node ``sent_to`` did not answer (an error carries the node id
         at most), and which client each node that answered is."""
-        errors: dict[int, str] = {}
         # The SuperLink answers for a node that went away; its error names the message, not the node.
         for_gone_nodes = []
         for reply in replies:
@@ -171,11 +170,10 @@ class RunRecorder:
             elif node == SUPERLINK_NODE_ID:
                 for_gone_nodes.append(_reason(reply))
             else:
-                errors[node] = _reason(reply)
+                self._failures.setdefault(node, {})[stage] = _reason(reply)
         answered = {reply.metadata.src_node_id for reply in replies}
         for node in sorted(sent_to - answered):
-            errors[node] = for_gone_nodes.pop() if for_gone_nodes else "no reply before the round's timeout"
-        for node, reason in errors.items():
+            reason = for_gone_nodes.pop() if for_gone_nodes else "no reply before the round's timeout"
             self._failures.setdefault(node, {})[stage] = reason
 
     def _name_failures(self) -> None:

@@ -77,10 +77,11 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "run %s of task %s, storage: %s", task.run_id, task.task_name, store.describe())
     arch = ARCHITECTURES[task.architecture]
     torch.manual_seed(task.seed)
-    previous, initial = None, ArrayRecord(arch.factory().state_dict())
     if task.resume_after_round:
         previous, initial = _resume_point(store, task)
         log(INFO, "run %s continues from its global model of round %d", task.run_id, task.resume_after_round)
+    else:
+        previous, initial = None, ArrayRecord(arch.factory().state_dict())
     pool = load_pool(task.data_dir, task.test_fraction, task.seed, task.max_samples)
     recorder = RunRecorder(store, task, arch, pool.test, previous)
     probe = None
