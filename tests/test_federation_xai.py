@@ -152,6 +152,23 @@ def test_weight_updates_far_from_the_others_stand_out():
     assert not any(figures[f"client-{i}"]["flagged"] for i in range(4))
 
 
+@pytest.mark.parametrize("count", range(2, 12))
+def test_the_weight_distance_uses_the_median_of_the_others(count):
+    """The order-statistics shortcut gives what a median of the n - 1 others gives,
+    on continuous data and on data full of ties."""
+    rng = np.random.default_rng(count)
+    for updates in (
+        {f"c{i}": rng.normal(size=300).astype(np.float32) for i in range(count)},
+        {f"c{i}": rng.integers(-1, 2, size=300).astype(np.float32) for i in range(count)},
+    ):
+        figures = weight_outliers(updates, threshold=3.5)
+        for name, update in updates.items():
+            others = np.median(np.stack([u for other, u in updates.items() if other != name]), axis=0)
+            norms = np.linalg.norm(update) * np.linalg.norm(others)
+            expected = 1.0 - float(update @ others) / norms if norms > 0 else 1.0
+            assert figures[name]["distance"] == pytest.approx(expected, abs=2e-5)
+
+
 @pytest.fixture(scope="module")
 def explained_round(
     tmp_path_factory, mnist, updates, trained_mnist_cnn

@@ -34,7 +34,7 @@ distance-based defences (Krum, FLAME), with no explanation involved.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -114,13 +114,37 @@ def compare_round(
     return comparison
 
 
+def _medians_of_others(updates: list[np.ndarray]) -> Iterator[np.ndarray]:
+    """For each update in turn, the coordinate-wise median of all the others.
+
+    Taken from the order statistics of all n updates around the middle, found once
+    (``np.partition``, linear time), rather than from a median of n - 1 updates per
+    client: leaving out a value at or below the k-th smallest shifts the others'
+    k-th smallest up by one place, and leaves it in place otherwise.
+    """
+    stacked = np.stack(updates)
+    count = len(updates)
+    if count % 2 == 0:  # the others are odd in number: their median is one value
+        k = (count - 2) // 2
+        ordered = np.partition(stacked, (k, k + 1), axis=0)
+        for update in stacked:
+            yield np.where(update <= ordered[k], ordered[k + 1], ordered[k])
+    else:  # the mean of the others' two middle values
+        k = (count - 3) // 2
+        ordered = np.partition(stacked, (k, k + 1, k + 2), axis=0)
+        for update in stacked:
+            lower = np.where(update <= ordered[k], ordered[k + 1], ordered[k])
+            upper = np.where(update <= ordered[k + 1], ordered[k + 2], ordered[k + 1])
+            yield (lower + upper) / 2
+
+
 def weight_outliers(updates: Mapping[str, np.ndarray], threshold: float) -> dict[str, dict]:
     """The baseline without explanations: each client's cosine distance from the
     coordinate-wise median of the other clients' weight updates (flattened
     differences from the round's starting model), and its robust z-score."""
     figures: dict[str, dict] = {}
-    for name, update in updates.items():
-        others = np.median(np.stack([u for other, u in updates.items() if other != name]), axis=0)
+    for name, others in zip(updates, _medians_of_others(list(updates.values())), strict=True):
+        update = updates[name]
         norms = float(np.linalg.norm(update) * np.linalg.norm(others))
         figures[name] = {"distance": round(1.0 - float(update @ others) / norms if norms > 0 else 1.0, 5)}
     if len(updates) >= MIN_CLIENTS_TO_FLAG:
