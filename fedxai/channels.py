@@ -1,8 +1,16 @@
-"""gRPC channels to the explainer: TLS when a CA certificate is given, and a
-bearer token on every call when the caller has one."""
+"""gRPC channels to the explainer: TLS when a CA certificate is given, a bearer
+token on every call when the caller has one, and balanced over a fleet.
+
+The explainer may run as several replicas behind one name (``docker compose up
+--scale explainer=3``: the name resolves to every replica). A channel spreads its
+calls over all the addresses the target resolves to (``round_robin``, rather than
+gRPC's default of the first address only), and a call that finds its replica gone
+(``UNAVAILABLE``) is retried, on the next one, before the caller sees an error.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -11,9 +19,31 @@ import grpc
 
 from fedxai.settings import DEFAULT_MAX_MESSAGE_BYTES
 
-MESSAGE_OPTIONS = (
+RETRIED_ATTEMPTS = 4  # one call and three retries, each on the next replica
+SERVICE_CONFIG = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [
+            {
+                "name": [{"service": "fedxai.v1.Explainer"}],
+                "retryPolicy": {
+                    "maxAttempts": RETRIED_ATTEMPTS,
+                    "initialBackoff": "0.2s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ],
+    }
+)
+MESSAGE_OPTIONS: tuple[tuple[str, int | str], ...] = (
     ("grpc.max_send_message_length", DEFAULT_MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", DEFAULT_MAX_MESSAGE_BYTES),
+    ("grpc.service_config", SERVICE_CONFIG),
+    # gRPC retries only a call whose request it still holds: by default 256 KiB of it,
+    # less than one batch of samples with its weights.
+    ("grpc.per_rpc_retry_buffer_size", DEFAULT_MAX_MESSAGE_BYTES),
 )
 AUTHORIZATION = "authorization"
 
@@ -53,9 +83,10 @@ def open_channel(
     address: str,
     ca_file: str = "",
     token: str = "",
-    options: Sequence[tuple[str, int]] = MESSAGE_OPTIONS,
+    options: Sequence[tuple[str, int | str]] = MESSAGE_OPTIONS,
 ) -> grpc.Channel:
-    """A channel to ``address``, verifying the server against ``ca_file`` when one is
+    """A channel to ``address`` (HOST:PORT, or any gRPC target: ``dns:///name:port``,
+    ``ipv4:a:port,b:port``), verifying the server against ``ca_file`` when one is
     given and presenting ``token`` when one is given."""
     if ca_file:
         credentials = grpc.ssl_channel_credentials(root_certificates=Path(ca_file).read_bytes())

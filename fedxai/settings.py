@@ -88,6 +88,23 @@ def parse_address(name: str, raw: str) -> tuple[str, int]:
     return host, port_number
 
 
+# gRPC name schemes a caller's target may start with (a plain HOST:PORT resolves by DNS).
+TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:")
+
+
+def parse_target(name: str, raw: str) -> list[tuple[str, int]]:
+    """The addresses a gRPC target names: HOST:PORT, ``dns:[//server/]HOST:PORT``, or
+    a list of replicas, ``ipv4:a:port,b:port`` or ``ipv6:[a]:port,[b]:port``."""
+    rest = raw.partition(":")[2]
+    if raw.startswith(("ipv4:", "ipv6:")):
+        return [parse_address(name, part) for part in rest.split(",")]
+    if raw.startswith("dns:"):
+        if rest.startswith("//"):  # dns://server/HOST:PORT names the DNS server to ask
+            rest = rest[2:].partition("/")[2]
+        return [parse_address(name, rest)]
+    return [parse_address(name, raw)]
+
+
 @dataclass(frozen=True)
 class S3Settings:
     endpoint: str

@@ -15,7 +15,7 @@ from typing import Any
 
 from fedxai.attacks import ATTACKS
 from fedxai.errors import InvalidArgument
-from fedxai.settings import DEFAULT_EXPLAINER_ADDRESS, SettingsError, parse_address
+from fedxai.settings import DEFAULT_EXPLAINER_ADDRESS, SettingsError, parse_target
 from fedxai.storage.layout import validate_client_id, validate_id
 
 STRATEGIES = ("FedAvg",)
@@ -138,7 +138,7 @@ class TaskConfig:
             for name in names:
                 if not holds(getattr(self, name.replace("-", "_"))):
                     raise SettingsError(f"{name} {requirement}")
-        parse_address("explainer-address", self.explainer_address)
+        parse_target("explainer-address", self.explainer_address)
         if self.resume_after_round and not self.run_id:
             raise SettingsError("resume-after-round needs the run-id of the run to continue")
         if self.resume_after_round >= self.num_server_rounds:

@@ -26,7 +26,7 @@ import tomli_w
 
 from fedxai.data import load_pool
 from fedxai.errors import StoreError
-from fedxai.settings import SettingsError, StorageSettings, parse_address
+from fedxai.settings import TARGET_SCHEMES, SettingsError, StorageSettings, parse_address
 from fedxai.storage import ObjectStore, open_store, read_document
 from fedxai.storage.layout import log_key, metrics_key, new_run_id
 from fedxai.task import TaskConfig, validate_id_setting
@@ -119,6 +119,11 @@ def preflight(options: RunOptions) -> None:
     except (FileNotFoundError, ValueError) as error:
         raise SettingsError(str(error)) from None
     if options.start_explainer:
+        if task.explainer_address.startswith(TARGET_SCHEMES):
+            raise SettingsError(
+                f"explainer-address {task.explainer_address}: fedxai run starts one explainer, at a HOST:PORT; "
+                "add --external-explainer to use replicas you run yourself"
+            )
         host, port = parse_address("explainer-address", task.explainer_address)
         if not _port_is_free(host, port):
             raise SettingsError(

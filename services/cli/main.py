@@ -231,7 +231,11 @@ def _add_access_arguments(parser: argparse.ArgumentParser, flag: str, help_text:
 def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, help="federated rounds (task setting num-server-rounds)")
     parser.add_argument("--data-dir", help="MNIST IDX files; default: download with torchvision")
-    parser.add_argument("--explainer-address", help=f"HOST:PORT of the explainer (default {DEFAULT_EXPLAINER_ADDRESS})")
+    parser.add_argument(
+        "--explainer-address",
+        help=f"HOST:PORT of the explainer (default {DEFAULT_EXPLAINER_ADDRESS}), or a gRPC target naming "
+        "replicas: dns:///NAME:PORT, ipv4:A:PORT,B:PORT",
+    )
     parser.add_argument("--no-xai", action="store_true", help="train without explanations")
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="any task setting, e.g. --set local-epochs=2"
