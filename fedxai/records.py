@@ -50,10 +50,15 @@ RoundRecord = TypedDict(
         "global": GlobalScores,  # the global model on the aggregator's held-out split
         "checkpoint": NotRequired[str],
         "checkpoint_sha256": NotRequired[str],
-        "seconds": NotRequired[float],
+        "seconds": NotRequired[float],  # the round's wall time
+        # Of it, the aggregator's own work: the strategy's steps and the global model's test.
+        "server_seconds": NotRequired[float],
         "train": NotRequired[dict[str, float]],
         "evaluate": NotRequired[dict[str, float]],
         "xai": NotRequired[dict[str, int]],  # summed over the trainers: sent, stored, queued, ...
+        # How many clients were asked to explain, of how many evaluated (fraction-explain,
+        # max-explained-clients), and how many updates the aggregator explained of how many.
+        "explaining": NotRequired[dict[str, float]],
         "clients": NotRequired[dict[str, ClientRecord]],
         # The aggregator's comparisons of the probe-set maps (services.aggregator.comparison).
         "comparison": NotRequired[dict[str, Any]],

@@ -38,7 +38,14 @@ CAM_METHODS = {
 # (settings, the condition each value must meet, how to say it)
 _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     (
-        ("num-server-rounds", "local-epochs", "batch-size", "samples-per-class", "probe-per-class"),
+        (
+            "num-server-rounds",
+            "local-epochs",
+            "batch-size",
+            "samples-per-class",
+            "probe-per-class",
+            "max-explained-clients",
+        ),
         lambda v: v >= 1,
         "must be at least 1",
     ),
@@ -49,6 +56,7 @@ _BOUNDS: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     ),
     (("fraction-train", "fraction-evaluate"), lambda v: 0.0 <= v <= 1.0, "must lie in [0, 1]"),
     (("validation-fraction", "test-fraction"), lambda v: 0.0 < v < 1.0, "must lie strictly between 0 and 1"),
+    (("fraction-explain",), lambda v: 0.0 < v <= 1.0, "must lie in (0, 1]"),
     (("learning-rate", "dirichlet-alpha", "explainer-timeout", "flag-threshold"), lambda v: v > 0, "must be positive"),
 )
 
@@ -73,6 +81,10 @@ class TaskConfig:
     min_evaluate_nodes: int
     cam_method: str
     samples_per_class: int
+    # Of the clients that evaluate, this share, at most ``max_explained_clients`` of
+    # them, drawn anew every round, send their explanations.
+    fraction_explain: float
+    max_explained_clients: int
     explainer_address: str
     explainer_timeout: float
     explainer_ca_file: str

@@ -163,6 +163,10 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
     for entry in document["rounds"][1:]:
         assert set(entry["clients"]) == {"client-0", "client-1"}
         assert delivery(entry["xai"]) == {"sent": 2, "stored": 20, "queued": 0, "rejected": 0}
+        assert entry["explaining"] == {
+            "clients": 2, "of": 2, "fraction_explain": 1.0, "max_explained_clients": 10, "updates": 2, "updates_of": 2,
+        }  # fmt: skip
+        assert 0 < entry["server_seconds"] < entry["seconds"]
         # How good the stored explanations are, as the trainers counted it from the replies.
         images = {
             client: json.loads((out / f"round-{entry['round']:03d}" / client / "explanations.json").read_text())
@@ -204,9 +208,12 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
 
 
 def test_a_label_flipping_client_is_flagged_and_left_out(tmp_path):
+    """Also: with fraction-explain=0.5, two of the three clients explain each round,
+    and the flagging, on the aggregator's probe set, still sees all three."""
     command = fedxai_run(
         tmp_path, "--explainer-address", f"127.0.0.1:{free_port()}",
         "--set", "attack=label-flip", "--set", "attack-client=2", "--set", "exclude-flagged=true",
+        "--set", "fraction-explain=0.5",
     )  # fmt: skip
     command[command.index("--clients") + 1] = "3"
     command[command.index("max-samples=2000")] = "max-samples=0"
@@ -222,9 +229,15 @@ def test_a_label_flipping_client_is_flagged_and_left_out(tmp_path):
         assert set(comparison["clients"]["client-2"]["flag_classes"]) & {1, 7}
         assert entry["excluded"] == ["client-2"]
         assert entry["exclusion"] == "left out of the average: client-2"
+    out = run_dir(tmp_path)
     for entry in document["rounds"][1:]:
         assert not any(entry["comparison"]["clients"][c]["flagged"] for c in ("client-0", "client-1"))
-    out = run_dir(tmp_path)
+        assert (entry["explaining"]["clients"], entry["explaining"]["of"]) == (2, 3)
+        assert delivery(entry["xai"]) == {"sent": 2, "stored": 20, "queued": 0, "rejected": 0}
+        explained = {client for client, record in entry["clients"].items() if record["evaluate"]["xai-sent"] == 1}
+        on_disk = {path.name for path in (out / f"round-{entry['round']:03d}").glob("client-*")}
+        assert on_disk == explained and len(explained) == 2, (on_disk, explained)
+    assert "images stored 20 by 2 of 3 clients" in result.stdout
     assert sorted(p.name for p in (out / "round-002" / "updates").iterdir()) == ["client-0", "client-1", "client-2"]
 
 

@@ -5,15 +5,18 @@ of explanations come in."""
 from __future__ import annotations
 
 import json
+import math
+import random
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, wait
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.serverapp.strategy import FedAvg
 
@@ -84,6 +87,7 @@ class RunRecorder:
         self.arch = arch
         self.test_data = test_data
         self.round_started = time.monotonic()
+        self._server_seconds = 0.0  # this round's, so far
         self.document: RunRecord = {
             "task": task.task_name,
             "run_id": task.run_id,
@@ -131,12 +135,25 @@ class RunRecorder:
             self._comparisons.setdefault(server_round, {}).update(comparison)
             self._write()
 
+    def record_explaining(self, explaining: dict[str, Any]) -> None:
+        self._pending.setdefault("explaining", {}).update(explaining)
+
     def record_exclusion(self, excluded: list[str], note: str) -> None:
         self._pending["excluded"] = excluded
         self._pending["exclusion"] = note
 
     def start_round(self) -> None:
         self.round_started = time.monotonic()
+        self._server_seconds = 0.0
+
+    @contextmanager
+    def server_work(self) -> Iterator[None]:
+        """Counts the time spent inside as the aggregator's own work in the round."""
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self._server_seconds += time.monotonic() - started
 
     def record_train(self, replies: list[Message], aggregated: MetricRecord | None, sent_to: set[int]) -> None:
         self._pending["train"] = dict(aggregated or {})
@@ -201,6 +218,7 @@ class RunRecorder:
     def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Flower's centralised evaluation, called last in every round: tests the
         global model, makes sure its checkpoint is stored and rewrites metrics.json."""
+        started = time.monotonic()
         recorded = [entry for entry in self.document["rounds"] if entry["round"] == server_round]
         if recorded:  # the round a resumed run starts from
             return MetricRecord({"accuracy": recorded[0]["global"]["accuracy"], "loss": recorded[0]["global"]["loss"]})
@@ -213,7 +231,9 @@ class RunRecorder:
         }
         if server_round > 0:
             entry["checkpoint"], entry["checkpoint_sha256"] = self.checkpoint(server_round, arrays)
-            entry["seconds"] = round(time.monotonic() - self.round_started, 3)
+            now = time.monotonic()
+            entry["seconds"] = round(now - self.round_started, 3)
+            entry["server_seconds"] = round(self._server_seconds + now - started, 3)
             self._name_failures()
             entry.update(self._pending)
             self._pending = {}
@@ -258,21 +278,32 @@ class RecordingFedAvg(FedAvg):
         # Flower counts a resumed run's rounds from 1 again; the run's own numbers go on.
         self.round_offset = recorder.task.resume_after_round
 
+    def _drawn(self, server_round: int, names: list, count: int, kind: str) -> list:
+        """``count`` of ``names``, drawn with the task's seed anew each round (``kind``
+        keeps the draws of clients and of updates apart)."""
+        draw = random.Random(f"{self.recorder.task.seed}-{server_round}-{kind}")
+        return sorted(draw.sample(sorted(names), min(count, len(names))))
+
     def evaluate_fn(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """The recorder's evaluation of the global model, under the run's round number."""
         return self.recorder.evaluate_global(server_round + self.round_offset, arrays)
 
     def configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
-        server_round += self.round_offset
         self.recorder.start_round()
+        with self.recorder.server_work():
+            return self._configure_train(server_round + self.round_offset, arrays, config, grid)
+
+    def _configure_train(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
         self._round_start = dict(zip(arrays.keys(), arrays.to_numpy_ndarrays(), strict=True))
         messages = list(super().configure_train(server_round, arrays, config, grid))
         self._sent_to = {message.metadata.dst_node_id for message in messages}
         return messages
 
     def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
-        server_round += self.round_offset
-        replies = list(replies)
+        with self.recorder.server_work():
+            return self._aggregate_train(server_round + self.round_offset, list(replies))
+
+    def _aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
         trained = {client_of(r): r.content["arrays"] for r in replies if not r.has_error() and "arrays" in r.content}
         if len(trained) >= 2:
             updates = {client: _flat_update(arrays, self._round_start) for client, arrays in trained.items()}
@@ -280,8 +311,13 @@ class RecordingFedAvg(FedAvg):
             self.recorder.record_comparison(server_round, {"weights": weights})
         explained = []
         if self.probe is not None:
+            # Every update is explained, to catch the one that misbehaves (fraction-explain is for
+            # the trainers' own explanations), up to max-explained-clients of them.
+            cap = self.recorder.task.max_explained_clients
+            sample = self._drawn(server_round, list(trained), cap, "updates")
+            self.recorder.record_explaining({"updates": len(sample), "updates_of": len(trained)})
             explained = self.probe.explain_updates(
-                server_round, {client: arrays.to_torch_state_dict() for client, arrays in trained.items()}
+                server_round, {client: trained[client].to_torch_state_dict() for client in sample}
             )
         kept = replies
         if self.exclude_flagged:
@@ -308,18 +344,44 @@ class RecordingFedAvg(FedAvg):
         return [reply for reply in replies if reply.has_error() or client_of(reply) not in flagged]
 
     def configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
-        server_round += self.round_offset
+        with self.recorder.server_work():
+            return self._configure_evaluate(server_round + self.round_offset, arrays, config, grid)
+
+    def _configure_evaluate(self, server_round, arrays, config, grid):  # type: ignore[no-untyped-def]
+        task = self.recorder.task
         # Trainers evaluate exactly this model: they can name its checkpoint to
         # the explainer instead of sending the weights.
         config["checkpoint-key"], config["checkpoint-sha256"] = self.recorder.checkpoint(server_round, arrays)
-        config["run-id"] = self.recorder.task.run_id  # where their explanations go
+        config["run-id"] = task.run_id  # where their explanations go
+        config["explain"] = True
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         self._sent_to = {message.metadata.dst_node_id for message in messages}
-        return messages
+        if not task.xai_enabled:
+            return messages
+        count = min(math.ceil(task.fraction_explain * len(messages)), task.max_explained_clients)
+        explaining = set(self._drawn(server_round, sorted(self._sent_to), count, "clients"))
+        self.recorder.record_explaining(
+            {
+                "clients": len(explaining),
+                "of": len(messages),
+                "fraction_explain": task.fraction_explain,
+                "max_explained_clients": task.max_explained_clients,
+            }
+        )
+        # Flower's messages share one payload: the others get a copy that says not to explain.
+        quiet = RecordDict(
+            {self.arrayrecord_key: arrays, self.configrecord_key: ConfigRecord({**config, "explain": False})}
+        )
+        return [
+            m
+            if m.metadata.dst_node_id in explaining
+            else Message(content=quiet, dst_node_id=m.metadata.dst_node_id, message_type=MessageType.EVALUATE)
+            for m in messages
+        ]
 
     def aggregate_evaluate(self, server_round, replies):  # type: ignore[no-untyped-def]
-        server_round += self.round_offset
-        replies = list(replies)
-        metrics = super().aggregate_evaluate(server_round, replies)
-        self.recorder.record_evaluate(replies, metrics, self._sent_to)
-        return metrics
+        with self.recorder.server_work():
+            replies = list(replies)
+            metrics = super().aggregate_evaluate(server_round + self.round_offset, replies)
+            self.recorder.record_evaluate(replies, metrics, self._sent_to)
+            return metrics

@@ -30,6 +30,9 @@ def describe_round(entry: dict[str, Any], rounds: int) -> str:
     xai = entry.get("xai") or {}
     clients = len(entry.get("clients", {}))
     images = f"images stored {xai.get('stored', 0)}"
+    explaining = entry.get("explaining") or {}
+    if "clients" in explaining and explaining["clients"] < explaining["of"]:
+        images += f" by {explaining['clients']} of {explaining['of']} clients"
     flagged = [f"{xai[key]} {key}" for key in ("blank", "weak") if xai.get(key)]
     if flagged:
         images += f" ({', '.join(flagged)})"

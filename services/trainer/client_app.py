@@ -118,7 +118,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     scores = learning.evaluate(model, validation, arch)
     evaluated = time.perf_counter()
     delivery = Delivery()
-    if task.xai_enabled:
+    # The aggregator picks which clients explain each round (fraction-explain).
+    if task.xai_enabled and bool(config.get("explain", True)):
         request = build_request(
             task_id=task.task_name,
             # The aggregator names the run when `flwr run` left it unnamed.
