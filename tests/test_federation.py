@@ -387,6 +387,13 @@ def test_refusals_before_anything_starts(tmp_path):
     assert result.returncode == 2
     assert f"explainer-address {address} is in use" in result.stderr
 
+    # It starts one explainer; replicas are for a federation whose explainers run already.
+    result = refused("--explainer-address", "ipv4:127.0.0.1:50051,127.0.0.1:50052")
+    assert result.returncode == 2
+    assert "fedxai run starts one explainer, at a HOST:PORT; add --external-explainer" in result.stderr
+    result = refused("--set", "fraction-explain=0")
+    assert (result.returncode, result.stderr) == (2, "fedxai: error: fraction-explain must lie in (0, 1]\n")
+
     result = refused("--data-dir", str(tmp_path / "nowhere"))
     assert result.returncode == 2
     assert f"data-dir {tmp_path / 'nowhere'}: no MNIST IDX files" in result.stderr
