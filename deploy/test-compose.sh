@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Proves that `docker compose up` trains and explains: a private Docker engine,
 # a base image built locally, MinIO swapped for a local S3 server (no registry
-# is reachable), 2 rounds with 2 trainers on the given MNIST folder, then checks
-# from the host through the published ports, and everything torn down.
+# is reachable), 2 rounds with 2 trainers and 3 explainer replicas on the given
+# MNIST folder, one replica killed mid-run, then checks from the host through the
+# published ports, and everything torn down.
 #
 #   deploy/test-compose.sh MNIST_DIR        (as root; installs docker.io, docker-compose, debootstrap)
 set -euo pipefail
@@ -20,6 +21,27 @@ compose() {
     -f "$repo/deploy/test/docker-compose.test.yml" "$@"
 }
 free_port() { "$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# FIRST-LAST: three consecutive free ports, for the explainer's replicas.
+free_port_range() {
+  "$python" - <<'PY'
+import socket
+for first in range(42000, 60000, 3):
+    try:
+        sockets = [socket.create_server(("127.0.0.1", first + i)) for i in range(3)]
+    except OSError:
+        continue
+    for s in sockets:
+        s.close()
+    print(f"{first}-{first + 2}")
+    break
+PY
+}
+# How many calls each explainer replica answered, from its log: "CONTAINER COUNT" lines.
+calls_per_replica() {
+  for id in $(compose ps -q explainer); do
+    printf '%s %s\n' "${id:0:12}" "$(docker logs "$id" 2>&1 | grep -c ' explained ' || true)"
+  done
+}
 
 cleanup() {
   local status=$?
@@ -85,16 +107,26 @@ index_pid=$!
 export TORCH_INDEX_URL="http://127.0.0.1:$index_port/simple"
 
 export MNIST_DIR="$mnist" FEDXAI_ROUNDS=2
-export EXPLAINER_PORT=$(free_port) MONITOR_PORT=$(free_port) MINIO_API_PORT=$(free_port) MINIO_CONSOLE_PORT=$(free_port)
+export EXPLAINER_PORTS=$(free_port_range) MONITOR_PORT=$(free_port) MINIO_API_PORT=$(free_port) MINIO_CONSOLE_PORT=$(free_port)
 log "building the images"
 compose build >"$work/build.log" 2>&1 || { tail -40 "$work/build.log"; exit 1; }
 docker images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -v '^<none>'
 
-log "docker compose up (2 rounds, 2 trainers)"
-compose up -d
+log "docker compose up (2 rounds, 2 trainers, 3 explainer replicas)"
+compose up -d --scale explainer=3
 aggregator=$(compose ps -q aggregator)
+# The replica that answers the first call is killed (SIGKILL, as a crash) right after;
+# compose restarts it, and the calls it would have had go to the others meanwhile.
+victim=""
 for _ in $(seq 1200); do
   [ "$(docker inspect -f '{{.State.Status}}' "$aggregator")" = exited ] && break
+  if [ -z "$victim" ]; then
+    victim=$(calls_per_replica | awk '$2 > 0 {print $1; exit}')
+    if [ -n "$victim" ]; then
+      log "killing explainer replica $victim, which answered the first call"
+      kill -KILL "$(docker inspect -f '{{.State.Pid}}' "$victim")"
+    fi
+  fi
   sleep 1
 done
 compose logs --no-color aggregator | tail -20
@@ -102,12 +134,21 @@ compose logs --no-color aggregator | tail -20
 code=$(docker inspect -f '{{.State.ExitCode}}' "$aggregator")
 [ "$code" = 0 ] || { log "the aggregator exited with $code"; exit 1; }
 
+log "calls answered per explainer replica (container, calls):"
+calls_per_replica | tee "$work/calls"
+[ -n "$victim" ] || { log "no replica answered a call before the run ended"; exit 1; }
+restarts=$(docker inspect -f '{{.RestartCount}} {{.State.Status}}' "$victim")
+log "the killed replica: restarted $restarts"
+[ "$restarts" != "0 running" ] && [ "${restarts#* }" = running ] || { log "the killed replica was not restarted"; exit 1; }
+[ "$(awk '$2 > 0' "$work/calls" | wc -l)" -ge 2 ] || { log "the calls were not shared between replicas"; exit 1; }
+
 log "checking the bucket, the explainer, its presigned URLs and the monitor from the host"
+explainer_port=$(compose port --index 1 explainer 50051 | cut -d: -f2)
 mkdir -m 700 "$work/credentials"
 for name in reader.token operator.token monitor.password; do
   compose exec -T explainer cat "/credentials/$name" >"$work/credentials/$name"
 done
 "$python" "$repo/deploy/test/check_deployment.py" --s3 "127.0.0.1:$MINIO_API_PORT" \
-  --explainer "127.0.0.1:$EXPLAINER_PORT" --monitor "127.0.0.1:$MONITOR_PORT" --rounds 2 --clients 2 \
+  --explainer "127.0.0.1:$explainer_port" --monitor "127.0.0.1:$MONITOR_PORT" --rounds 2 --clients 2 \
   --credentials "$work/credentials"
 log "the compose deployment works"

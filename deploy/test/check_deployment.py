@@ -86,6 +86,9 @@ def main() -> None:
     assert logs == {"flwr-run.log", "superlink.log"}, logs
     accuracy = [entry["global"]["accuracy"] for entry in metrics["rounds"]]
     assert len(accuracy) == args.rounds + 1 and accuracy[-1] > accuracy[0], accuracy
+    # Nothing waits in an outbox: every request reached a replica, the killed one's included.
+    assert [entry["xai"]["queued"] for entry in metrics["rounds"][1:]] == [0] * args.rounds, metrics["rounds"]
+    assert metrics["probe"]["queued"] == 0, metrics["probe"]
 
     images = 0
     for round_number in range(1, args.rounds + 1):
