@@ -22,6 +22,10 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * MIB
 
 # A caller's bearer token for the explainer, in a file (see `fedxai credentials`).
 TOKEN_FILE_VARIABLE = "FEDXAI_EXPLAINER_TOKEN_FILE"
+# The folder of the trainers' state folders (``<it>/<client-id>``), for trainers whose
+# node config names none (the clients of Flower's simulation engine have no node config
+# of their own); without it, ``~/.cache/fedxai/<client-id>``.
+TRAINER_STATE_DIR_VARIABLE = "FEDXAI_TRAINER_STATE_DIR"
 
 
 class SettingsError(ValueError):

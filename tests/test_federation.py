@@ -208,10 +208,11 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
 
 
 def test_a_label_flipping_client_is_flagged_and_left_out(tmp_path):
-    """Also: with fraction-explain=0.5, two of the three clients explain each round,
-    and the flagging, on the aggregator's probe set, still sees all three."""
+    """On Flower's simulation engine (Ray), with fraction-explain=0.5: two of the three
+    clients explain each round, and the flagging, on the aggregator's probe set, still
+    sees all three."""
     command = fedxai_run(
-        tmp_path, "--explainer-address", f"127.0.0.1:{free_port()}",
+        tmp_path, "--explainer-address", f"127.0.0.1:{free_port()}", "--simulation",
         "--set", "attack=label-flip", "--set", "attack-client=2", "--set", "exclude-flagged=true",
         "--set", "fraction-explain=0.5",
     )  # fmt: skip
@@ -221,6 +222,7 @@ def test_a_label_flipping_client_is_flagged_and_left_out(tmp_path):
         command, cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "superlink started; it simulates 3 clients (1 CPU, 0 GPU each)" in result.stdout
     assert "client-2 flagged: its explanations of class" in result.stdout
     document = metrics(tmp_path)
     for entry in document["rounds"][2:]:  # from round 2, as trained models differ
@@ -238,6 +240,7 @@ def test_a_label_flipping_client_is_flagged_and_left_out(tmp_path):
         on_disk = {path.name for path in (out / f"round-{entry['round']:03d}").glob("client-*")}
         assert on_disk == explained and len(explained) == 2, (on_disk, explained)
     assert "images stored 20 by 2 of 3 clients" in result.stdout
+    assert wait_until_gone(tmp_path / "work") == [], "Ray's processes stop with the run"
     assert sorted(p.name for p in (out / "round-002" / "updates").iterdir()) == ["client-0", "client-1", "client-2"]
 
 
@@ -458,6 +461,19 @@ def test_dry_run_shows_every_process_and_starts_none(tmp_path):
     assert "num-server-rounds = 2" in out and re.search(r'^run-id = "\d{8}-\d{6}-[0-9a-f]{4}"$', out, re.M)
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists(), "nothing started, nothing written"
 
+    # On the simulation engine: the SuperLink simulates the clients, and no SuperNode starts.
+    result = subprocess.run(
+        [*fedxai_run(tmp_path, "--simulation", "--client-cpus", "2", "--client-gpus", "0.5"), "--dry-run"],
+        cwd=tmp_path, env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert re.findall(r"^([a-z0-9-]+):$", result.stdout, re.M) == ["explainer", "superlink", "flwr-run"]
+    assert re.search(r"^  command: flower-superlink --insecure .* --simulation$", result.stdout, re.M)
+    assert (
+        "--federation-config 'num-supernodes=2 client-resources-num-cpus=2 client-resources-num-gpus=0.5'"
+        in result.stdout
+    )
+
 
 def test_runs_on_s3_storage(tmp_path, nanio_endpoint):
     from minio import Minio
@@ -495,7 +511,7 @@ def test_runs_on_s3_storage(tmp_path, nanio_endpoint):
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "storage s3://fedxai-run" in result.stdout
-        (run,) = re.findall(r"^done: run (\S+), 1 rounds", result.stdout, re.M)
+        (run,) = re.findall(r"^done: run (\S+), 1 round,", result.stdout, re.M)
         runs.append(run)
         if not extra:
             first_keys = keys()

@@ -124,7 +124,7 @@ def test_aggregator_runs_a_federation_through_a_tls_superlink(certs, tmp_path):
     assert "round 1/1  global accuracy" in output
     (metrics,) = (tmp_path / "out" / "xaitest" / "runs").glob("*/metrics.json")
     document = json.loads(metrics.read_text())
-    assert document["status"] == "finished" and f"done: run {document['run_id']}, 1 rounds" in output
+    assert document["status"] == "finished" and f"done: run {document['run_id']}, 1 round," in output
     logs = sorted(path.name for path in (metrics.parent / "logs").iterdir())
     assert logs == ["flwr-run.log", "superlink.log"], "the aggregator keeps its processes' logs with the run"
     assert list(document["rounds"][1]["clients"]) == ["client-0"]

@@ -11,6 +11,7 @@ interrupted.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -26,7 +27,13 @@ import tomli_w
 
 from fedxai.data import load_pool
 from fedxai.errors import StoreError
-from fedxai.settings import TARGET_SCHEMES, SettingsError, StorageSettings, parse_address
+from fedxai.settings import (
+    TARGET_SCHEMES,
+    TRAINER_STATE_DIR_VARIABLE,
+    SettingsError,
+    StorageSettings,
+    parse_address,
+)
 from fedxai.storage import ObjectStore, open_store, read_document
 from fedxai.storage.layout import log_key, metrics_key, new_run_id
 from fedxai.task import TaskConfig, validate_id_setting
@@ -39,6 +46,21 @@ STARTUP_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
+class Simulation:
+    """Flower's simulation engine (Ray) runs the clients, instead of one SuperNode each."""
+
+    client_cpus: int = 1  # Ray runs as many clients at once as the machine's cores allow
+    client_gpus: float = 0.0
+
+    def federation_config(self, clients: int) -> str:
+        """``flwr run --federation-config``: how many clients, with what resources."""
+        return (
+            f"num-supernodes={clients} client-resources-num-cpus={self.client_cpus} "
+            f"client-resources-num-gpus={self.client_gpus}"
+        )
+
+
+@dataclass(frozen=True)
 class RunOptions:
     task: TaskConfig
     clients: int
@@ -46,6 +68,7 @@ class RunOptions:
     app_dir: Path
     work_dir: Path
     start_explainer: bool = True
+    simulation: Simulation | None = None
 
 
 def named(task: TaskConfig) -> TaskConfig:
@@ -72,6 +95,9 @@ def flower_env(base: Mapping[str, str], work: Path, storage_env: Mapping[str, st
     """What Flower's processes get on top of ``base``."""
     bin_dir = str(Path(sys.executable).parent)
     return {
+        # Where trainers keep their state (outboxes) when their node config names no folder:
+        # the clients the simulation engine runs.
+        TRAINER_STATE_DIR_VARIABLE: str(nodes_dir(work)),
         **storage_env,
         "PATH": f"{bin_dir}{os.pathsep}{base.get('PATH', '')}",
         "FLWR_HOME": str(work / "flwr"),
@@ -86,6 +112,11 @@ def flower_env(base: Mapping[str, str], work: Path, storage_env: Mapping[str, st
 
 def aggregator_state_dir(work: Path) -> Path:
     return work / "aggregator"
+
+
+def nodes_dir(work: Path) -> Path:
+    """Each trainer's state folder is ``<this>/<client-id>``."""
+    return work / "nodes"
 
 
 def storage_environment(storage: StorageSettings) -> dict[str, str]:
@@ -111,6 +142,11 @@ def preflight(options: RunOptions) -> None:
         raise SettingsError(
             f"--clients {options.clients} is below min-train-nodes={task.min_train_nodes} / "
             f"min-evaluate-nodes={task.min_evaluate_nodes}: the run would wait forever"
+        )
+    if options.simulation is not None and importlib.util.find_spec("ray") is None:
+        raise SettingsError(
+            "--simulation runs the clients on Flower's simulation engine, which needs Ray: "
+            "pip install 'fedxai[simulation]'"
         )
     if task.attack != "none" and task.attack_client >= options.clients:
         raise SettingsError(f"attack-client {task.attack_client} is not one of the {options.clients} clients")
@@ -149,10 +185,16 @@ class SuperLink:
 
 
 def superlink(
-    work: Path, env: dict[str, str], host: str = "127.0.0.1", port: int = 0, tls: tuple[str, str, str] | None = None
+    work: Path,
+    env: dict[str, str],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    tls: tuple[str, str, str] | None = None,
+    simulation: bool = False,
 ) -> SuperLink:
     """A SuperLink (Fleet, Control and Runtime APIs on one port). ``tls``:
-    certificate, key and CA files."""
+    certificate, key and CA files; ``simulation``: it runs the clients itself, on
+    Flower's simulation engine."""
     port = port or _free_port()
     # `flwr run` reaches the SuperLink where it listens; a wildcard means loopback will do.
     reach = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host
@@ -168,6 +210,8 @@ def superlink(
         "flower-superlink", *security, "--host", host, "--port", str(port),
         "--disable-runtime-dependency-installation", "--database", str(database),
     ]  # fmt: skip
+    if simulation:
+        argv.append("--simulation")
     return SuperLink(Process("superlink", argv, env, cwd=work), port, connection, database)
 
 
@@ -181,7 +225,7 @@ def supernodes(
     node_env = {**env, "OMP_NUM_THREADS": threads}
     processes = []
     for partition_id in range(clients):
-        node_dir = work / "nodes" / f"client-{partition_id}"
+        node_dir = nodes_dir(work) / f"client-{partition_id}"
         node_config = f"partition-id={partition_id} num-partitions={clients} state-dir={json.dumps(str(node_dir))}"
         argv = [
             "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
@@ -191,10 +235,17 @@ def supernodes(
     return processes
 
 
-def submission(name: str, work: Path, app_dir: Path, env: dict[str, str]) -> Process:
-    """``flwr run`` of the app with the run config in ``<work>/<name>-config.toml``."""
-    config_file = work / f"{name}-config.toml"
-    return Process(name, ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(config_file)], env)
+def run_config_file(work: Path, name: str) -> Path:
+    return work / f"{name}-config.toml"
+
+
+def submission(name: str, work: Path, app_dir: Path, env: dict[str, str], federation_config: str = "") -> Process:
+    """``flwr run`` of the app with the run config in ``<work>/<name>-config.toml``
+    (``federation_config``: the simulated clients)."""
+    argv = ["flwr", "run", str(app_dir), CONNECTION, "--stream", "--run-config", str(run_config_file(work, name))]
+    if federation_config:
+        argv += ["--federation-config", federation_config]
+    return Process(name, argv, env)
 
 
 def plan(options: RunOptions, base_env: Mapping[str, str]) -> list[Process]:
@@ -202,9 +253,11 @@ def plan(options: RunOptions, base_env: Mapping[str, str]) -> list[Process]:
     work = options.work_dir.resolve()
     storage_env = storage_environment(options.storage)
     env = flower_env(base_env, work, storage_env)
-    link = superlink(work, env)
-    nodes = supernodes(work, options.clients, link.port, env, base_env)
-    processes = [link.process, *nodes, submission("flwr-run", work, options.app_dir, env)]
+    simulation = options.simulation
+    link = superlink(work, env, simulation=simulation is not None)
+    nodes = [] if simulation else supernodes(work, options.clients, link.port, env, base_env)
+    federation_config = simulation.federation_config(options.clients) if simulation else ""
+    processes = [link.process, *nodes, submission("flwr-run", work, options.app_dir, env, federation_config)]
     if options.start_explainer:
         processes.insert(0, explainer_process(options.task.explainer_address, storage_env))
     return processes
@@ -288,18 +341,25 @@ class Federation:
     work: Path
     env: dict[str, str]
     node_dirs: list[Path]
+    federation_config: str = ""  # the simulated clients, when the SuperLink simulates them
 
     def submit(self, children: Children, name: str, app_dir: Path, run_config: dict[str, Any]) -> None:
         """Starts ``flwr run`` for the app; its log streams to ``<name>.log``."""
-        process = submission(name, self.work, app_dir, self.env)
-        Path(process.argv[-1]).write_text(tomli_w.dumps(run_config))
+        process = submission(name, self.work, app_dir, self.env, self.federation_config)
+        run_config_file(self.work, name).write_text(tomli_w.dumps(run_config))
         children.start(process)
 
 
-def start_federation(children: Children, work: Path, clients: int, env: dict[str, str]) -> Federation:
-    """A SuperLink and one SuperNode per client, all on loopback."""
-    link = superlink(work, env)
+def start_federation(
+    children: Children, work: Path, clients: int, env: dict[str, str], simulation: Simulation | None = None
+) -> Federation:
+    """A SuperLink and one SuperNode per client, all on loopback; or, with
+    ``simulation``, a SuperLink that simulates the clients."""
+    link = superlink(work, env, simulation=simulation is not None)
     start_superlink(children, link)
+    if simulation is not None:
+        node_dirs = [nodes_dir(work) / f"client-{partition_id}" for partition_id in range(clients)]
+        return Federation(work, env, node_dirs, simulation.federation_config(clients))
     nodes = supernodes(work, clients, link.port, env, children.base_env)
     for node in nodes:
         assert node.cwd is not None
@@ -379,8 +439,17 @@ def run_federation(options: RunOptions, base_env: Mapping[str, str], out: TextIO
         if options.start_explainer:
             start_explainer(children, task.explainer_address, storage_env)
             say(out, f"explainer ready on {task.explainer_address}")
-        federation = start_federation(children, work, options.clients, flower_env(base_env, work, storage_env))
-        say(out, f"superlink and {options.clients} supernodes started")
+        env = flower_env(base_env, work, storage_env)
+        federation = start_federation(children, work, options.clients, env, options.simulation)
+        if options.simulation is None:
+            say(out, f"superlink and {options.clients} supernodes started")
+        else:
+            resources = options.simulation
+            say(
+                out,
+                f"superlink started; it simulates {options.clients} clients "
+                f"({resources.client_cpus} CPU, {resources.client_gpus:g} GPU each)",
+            )
         federation.submit(children, "flwr-run", options.app_dir, task.to_run_config())
         document = follow(children, store, task, out)
         if task.xai_enabled:

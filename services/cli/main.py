@@ -96,12 +96,14 @@ def _task(args: argparse.Namespace, app_dir: Path, clients: int | None = None) -
 
 
 def _run(args: argparse.Namespace) -> int:
-    from services.cli.federation import RunOptions, dry_run, run_federation
+    from services.cli.federation import RunOptions, Simulation, dry_run, run_federation
     from services.cli.progress import RunFailed, summary
     from services.cli.tasks import default_app_dir
 
     if args.clients < 1:
         raise SettingsError("--clients must be at least 1")
+    if args.client_cpus < 1 or args.client_gpus < 0:
+        raise SettingsError("--client-cpus must be at least 1 and --client-gpus not negative")
     app_dir = Path(args.app_dir) if args.app_dir else default_app_dir()
     options = RunOptions(
         task=_task(args, app_dir, args.clients),
@@ -110,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
         app_dir=app_dir,
         work_dir=Path(args.work_dir),
         start_explainer=not args.external_explainer,
+        simulation=Simulation(args.client_cpus, args.client_gpus) if args.simulation else None,
     )
     if args.dry_run:
         dry_run(options, os.environ, sys.stdout)
@@ -301,7 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Start the explainer, a Flower SuperLink and one SuperNode per client, run the task under a new run id "
         "and stop everything at the end.",
     )
-    run.add_argument("--clients", type=int, default=2, help="trainers (SuperNodes) to start")
+    run.add_argument("--clients", type=int, default=2, help="trainers (SuperNodes, or simulated clients) to start")
+    run.add_argument(
+        "--simulation",
+        action="store_true",
+        help="run the clients on Flower's simulation engine (Ray; pip install 'fedxai[simulation]') "
+        "rather than one SuperNode each: for many clients on one machine",
+    )
+    run.add_argument("--client-cpus", type=int, default=1, help="with --simulation: CPUs each client takes")
+    run.add_argument("--client-gpus", type=float, default=0.0, help="with --simulation: GPUs (or a share) each takes")
     _add_task_arguments(run)
     run.add_argument(
         "--external-explainer", action="store_true", help="use an explainer already serving at the address"

@@ -96,8 +96,9 @@ def place(storage: StorageSettings, task: TaskConfig) -> str:
 def summary(document: dict[str, Any], storage: StorageSettings, task: TaskConfig) -> str:
     last = document["rounds"][-1]["global"]
     where = place(storage, task)
+    rounds = document["num_rounds"]
     return (
-        f"done: run {task.run_id}, {document['num_rounds']} rounds, global accuracy {last['accuracy']:.1%}\n"
+        f"done: run {task.run_id}, {rounds} round{'s' if rounds != 1 else ''}, global accuracy {last['accuracy']:.1%}\n"
         f"  heatmaps: {where}round-<NNN>/<client>/gradcam_class_<label>.jpg\n"
         f"  metrics:  {where}metrics.json\n"
         f"  global checkpoints: {where}round-<NNN>/global_model.safetensors\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
@@ -22,7 +23,7 @@ from fedxai.attacks import poison
 from fedxai.data import Dataset, load_pool, partition, train_validation_split
 from fedxai.delivery import Delivery, Outbox, deliver
 from fedxai.models import ARCHITECTURES, Architecture
-from fedxai.settings import SettingsError, explainer_token
+from fedxai.settings import TRAINER_STATE_DIR_VARIABLE, SettingsError, explainer_token
 from fedxai.task import CAM_METHODS, TaskConfig, validate_id_setting
 from fedxai.v1 import explainer_pb2 as pb
 from services.trainer.explainer_link import build_request
@@ -41,7 +42,7 @@ class Node:
     data_dir: str
 
     @classmethod
-    def from_node_config(cls, config: dict) -> Node:
+    def from_node_config(cls, config: dict, env: Mapping[str, str]) -> Node:
         try:
             partition_id, num_partitions = int(config["partition-id"]), int(config["num-partitions"])
         except KeyError as missing:
@@ -50,13 +51,14 @@ class Node:
             raise SettingsError(f"partition-id {partition_id} is outside [0, num-partitions={num_partitions})")
         client_id = str(config.get("client-id") or f"client-{partition_id}")
         validate_id_setting("client-id", client_id, client=True)
-        state_dir = Path(str(config.get("state-dir") or Path.home() / ".cache" / "fedxai" / client_id))
+        states = Path(env.get(TRAINER_STATE_DIR_VARIABLE) or Path.home() / ".cache" / "fedxai")
+        state_dir = Path(str(config.get("state-dir") or states / client_id))
         return cls(partition_id, num_partitions, client_id, state_dir, str(config.get("data-dir", "")))
 
 
 def _setup(msg: Message, context: Context) -> tuple[TaskConfig, Node, Architecture, nn.Module, Dataset, Dataset]:
     task = TaskConfig.from_run_config(context.run_config)
-    node = Node.from_node_config(dict(context.node_config))
+    node = Node.from_node_config(dict(context.node_config), os.environ)
     arch = ARCHITECTURES[task.architecture]
     pool = load_pool(node.data_dir or task.data_dir, task.test_fraction, task.seed, task.max_samples)
     share = partition(
