@@ -453,6 +453,10 @@ class ExplanationService:
         # Scores of calls answered before them (SCORING_AFTER_REPLY), one call at a time.
         self._scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scoring")
         self._drawing_parts = torch.get_num_threads()
+        # Explain calls between their start and their reply, this one included: the log
+        # says it, so that a fleet's load and queue can be read off its replicas' logs.
+        self._in_progress = 0
+        self._in_progress_lock = threading.Lock()
 
     def start(self) -> None:
         """Starts watching the store (the service works without; it then never fails fast)."""
@@ -471,11 +475,18 @@ class ExplanationService:
             self.store_watch.require_available()
         started = time.monotonic()
         where = job.folder.prefix if job.store else "a call that stores nothing"
-        log.info("explaining %d samples for %s", len(job.labels), where)
-        computed = self.compute_lane.submit(compute_and_score, job, still_wanted).result()
-        # Stored only while the caller waits: one that gave up sends it again.
-        _check_wanted(still_wanted, "before storing")
-        response = self._draw_and_keep(job, computed)
+        with self._in_progress_lock:
+            self._in_progress += 1
+            in_progress = self._in_progress
+        try:
+            log.info("explaining %d samples for %s (%d calls in progress)", len(job.labels), where, in_progress)
+            computed = self.compute_lane.submit(compute_and_score, job, still_wanted).result()
+            # Stored only while the caller waits: one that gave up sends it again.
+            _check_wanted(still_wanted, "before storing")
+            response = self._draw_and_keep(job, computed)
+        finally:
+            with self._in_progress_lock:
+                self._in_progress -= 1
         if job.scoring == Scoring.AFTER_REPLY:
             self._scoring.submit(self._score_stored, job, computed).add_done_callback(_log_failure)
         log.info("explained %s: %d pictures in %.2f s", where, len(response.images), time.monotonic() - started)
