@@ -9,7 +9,9 @@ import os
 import signal
 import socket
 import subprocess
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import grpc
 import pytest
@@ -205,3 +207,26 @@ def test_status_says_why_the_superlink_does_not_answer(tmp_path):
     )  # fmt: skip
     assert result.returncode == 1
     assert "DOWN superlink: not answering (Connection to the SuperLink is unavailable." in result.stdout
+
+
+def test_stopping_a_run_stops_what_its_dead_children_left_behind(tmp_path):
+    """A child that dies leaves its own children to init, in sessions of their own, as a
+    SuperLink killed mid-run leaves its app processes: stopping finds them by their mark."""
+    from services.cli.processes import Children, Process, marked_processes
+
+    children = Children(tmp_path, {"PATH": os.environ["PATH"]})
+    pid_file = tmp_path / "orphan.pid"
+    # The shell starts a sleeper in a new session, writes its pid and exits at once.
+    children.start(Process("parent", ["sh", "-c", f"setsid sleep 300 & echo $! > {pid_file}"], {}))
+    children.processes["parent"].wait(timeout=10)
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        time.sleep(0.01)
+    orphan = int(pid_file.read_text())
+    assert marked_processes(children.mark) == {orphan}, "the orphan carries the mark"
+    children.stop_all()
+    assert marked_processes(children.mark) == set()
+    try:  # gone, or dead and not yet reaped by init
+        state = Path(f"/proc/{orphan}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        state = "gone"
+    assert state in ("gone", "Z"), state

@@ -49,11 +49,12 @@ def flower_processes(work: Path) -> list[int]:
     return found
 
 
-def wait_until_gone(work: Path, timeout: float = 15.0) -> list[int]:
+def wait_until_gone(work: Path, timeout: float = 15.0) -> list[str]:
+    """The command lines of the run's processes still there after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while (left := flower_processes(work)) and time.monotonic() < deadline:
         time.sleep(0.5)
-    return left
+    return [command_line(pid).replace(b"\0", b" ").decode(errors="replace") for pid in left]
 
 
 def stop(run: subprocess.Popen) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -14,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 STOP_GRACE = 10.0
+# Set in every started process, and so inherited by whatever it starts: the processes a
+# parent left behind when it died (re-parented, in sessions of their own) still carry it.
+STARTED_BY_VARIABLE = "FEDXAI_STARTED_BY"
 # Variables whose values a printed command line must not show.
 _SECRET_MARKERS = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "PRIVATE")
 
@@ -48,6 +52,7 @@ class Children:
     log_dir: Path
     base_env: Mapping[str, str]
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    mark: str = field(default_factory=lambda: f"{os.getpid()}-{secrets.token_hex(6)}")
 
     def start(self, process: Process) -> None:
         with self.log_path(process.name).open("wb") as log:
@@ -55,7 +60,7 @@ class Children:
                 process.argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**self.base_env, **process.env},
+                env={**self.base_env, **process.env, STARTED_BY_VARIABLE: self.mark},
                 cwd=process.cwd,
                 start_new_session=True,
             )
@@ -95,12 +100,34 @@ class Children:
         for pid in descendants(started_by_flower) | started_by_flower:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # A process started meanwhile by one that was stopping, or left by one that died
+        # before (a SuperLink killed mid-run leaves its app processes to init), is found by
+        # its mark: sweep until none is left.
+        deadline = time.monotonic() + STOP_GRACE
+        while (left := marked_processes(self.mark)) and time.monotonic() < deadline:
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.1)
 
     def tail(self, name: str, lines: int = 15) -> str:
         path = self.log_path(name)
         if not path.exists():
             return ""
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def marked_processes(mark: str) -> set[int]:
+    """The live processes whose environment carries ``STARTED_BY_VARIABLE=mark``."""
+    wanted = f"{STARTED_BY_VARIABLE}={mark}".encode()
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if wanted in (entry / "environ").read_bytes().split(b"\0"):
+                found.add(int(entry.name))
+        except (OSError, ValueError):  # exited while we looked, or not ours to read
+            continue
+    return found - {os.getpid()}
 
 
 def descendants(roots: set[int]) -> set[int]:
