@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "mnist")
     parser.add_argument("--explainer-port", type=int, default=50081)
     args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2: the first round pays for starting up")
     args.data_dir = args.data_dir.resolve()
     results = []
     for run in args.runs:

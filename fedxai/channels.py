@@ -19,7 +19,8 @@ import grpc
 
 from fedxai.settings import DEFAULT_MAX_MESSAGE_BYTES
 
-RETRIED_ATTEMPTS = 4  # one call and three retries, each on the next replica
+# One call and up to three retries, each on the next replica, all within the call's deadline.
+MAX_ATTEMPTS = 4
 SERVICE_CONFIG = json.dumps(
     {
         "loadBalancingConfig": [{"round_robin": {}}],
@@ -27,7 +28,7 @@ SERVICE_CONFIG = json.dumps(
             {
                 "name": [{"service": "fedxai.v1.Explainer"}],
                 "retryPolicy": {
-                    "maxAttempts": RETRIED_ATTEMPTS,
+                    "maxAttempts": MAX_ATTEMPTS,
                     "initialBackoff": "0.2s",
                     "maxBackoff": "2s",
                     "backoffMultiplier": 2,

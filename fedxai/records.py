@@ -51,7 +51,8 @@ RoundRecord = TypedDict(
         "checkpoint": NotRequired[str],
         "checkpoint_sha256": NotRequired[str],
         "seconds": NotRequired[float],  # the round's wall time
-        # Of it, the aggregator's own work: the strategy's steps and the global model's test.
+        # Of it, the aggregator's own work: the strategy's steps and the global model's test
+        # (and, in the first round, Flower's wait for enough nodes to connect).
         "server_seconds": NotRequired[float],
         "train": NotRequired[dict[str, float]],
         "evaluate": NotRequired[dict[str, float]],

@@ -395,6 +395,8 @@ def test_refusals_before_anything_starts(tmp_path):
     result = refused("--explainer-address", "ipv4:127.0.0.1:50051,127.0.0.1:50052")
     assert result.returncode == 2
     assert "fedxai run starts one explainer, at a HOST:PORT; add --external-explainer" in result.stderr
+    result = refused("--client-cpus", "2")
+    assert result.returncode == 2 and "resources of simulated clients: add --simulation" in result.stderr
     result = refused("--set", "fraction-explain=0")
     assert (result.returncode, result.stderr) == (2, "fedxai: error: fraction-explain must lie in (0, 1]\n")
 

@@ -309,7 +309,7 @@ class RecordingFedAvg(FedAvg):
             updates = {client: _flat_update(arrays, self._round_start) for client, arrays in trained.items()}
             weights = weight_outliers(updates, self.recorder.task.flag_threshold)
             self.recorder.record_comparison(server_round, {"weights": weights})
-        explained = []
+        explained, sample = [], list(trained)
         if self.probe is not None:
             # Every update is explained, to catch the one that misbehaves (fraction-explain is for
             # the trainers' own explanations), up to max-explained-clients of them.
@@ -321,7 +321,7 @@ class RecordingFedAvg(FedAvg):
             )
         kept = replies
         if self.exclude_flagged:
-            kept = self._without_flagged(server_round, replies, list(trained), explained)
+            kept = self._without_flagged(server_round, replies, sample, explained)
         arrays, metrics = super().aggregate_train(server_round, kept)
         self.recorder.record_train(replies, metrics, self._sent_to)
         if self.probe is not None and arrays is not None:
@@ -333,8 +333,8 @@ class RecordingFedAvg(FedAvg):
     def _without_flagged(
         self, server_round: int, replies: list[Message], clients: list[str], explained: list[Future]
     ) -> list[Message]:
-        """The replies to aggregate: all but the flagged clients', once their
-        explanations are in (the round waits for them)."""
+        """The replies to aggregate: all but the flagged ones among ``clients`` (those
+        whose updates were explained), once their explanations are in (the round waits)."""
         wait(explained)
         flagged = self.probe.maps.flagged(server_round, clients) if self.probe is not None else None
         if flagged is None:
@@ -358,7 +358,8 @@ class RecordingFedAvg(FedAvg):
         self._sent_to = {message.metadata.dst_node_id for message in messages}
         if not task.xai_enabled:
             return messages
-        count = min(math.ceil(task.fraction_explain * len(messages)), task.max_explained_clients)
+        # Rounded first: 0.07 * 100 is 7.000000000000001 in floating point, which is 7 clients.
+        count = min(math.ceil(round(task.fraction_explain * len(messages), 9)), task.max_explained_clients)
         explaining = set(self._drawn(server_round, sorted(self._sent_to), count, "clients"))
         self.recorder.record_explaining(
             {

@@ -102,8 +102,13 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.clients < 1:
         raise SettingsError("--clients must be at least 1")
-    if args.client_cpus < 1 or args.client_gpus < 0:
-        raise SettingsError("--client-cpus must be at least 1 and --client-gpus not negative")
+    simulation = None
+    if args.simulation:
+        simulation = Simulation(1 if args.client_cpus is None else args.client_cpus, args.client_gpus or 0.0)
+        if simulation.client_cpus < 1 or simulation.client_gpus < 0:
+            raise SettingsError("--client-cpus must be at least 1 and --client-gpus not negative")
+    elif args.client_cpus is not None or args.client_gpus is not None:
+        raise SettingsError("--client-cpus and --client-gpus set the resources of simulated clients: add --simulation")
     app_dir = Path(args.app_dir) if args.app_dir else default_app_dir()
     options = RunOptions(
         task=_task(args, app_dir, args.clients),
@@ -112,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         app_dir=app_dir,
         work_dir=Path(args.work_dir),
         start_explainer=not args.external_explainer,
-        simulation=Simulation(args.client_cpus, args.client_gpus) if args.simulation else None,
+        simulation=simulation,
     )
     if args.dry_run:
         dry_run(options, os.environ, sys.stdout)
@@ -301,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = command(
         "run",
         "run the federation with XAI on this machine",
-        "Start the explainer, a Flower SuperLink and one SuperNode per client, run the task under a new run id "
-        "and stop everything at the end.",
+        "Start the explainer, a Flower SuperLink and one SuperNode per client (or, with --simulation, a "
+        "SuperLink that simulates the clients), run the task under a new run id and stop everything at the end.",
     )
     run.add_argument("--clients", type=int, default=2, help="trainers (SuperNodes, or simulated clients) to start")
     run.add_argument(
@@ -311,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the clients on Flower's simulation engine (Ray; pip install 'fedxai[simulation]') "
         "rather than one SuperNode each: for many clients on one machine",
     )
-    run.add_argument("--client-cpus", type=int, default=1, help="with --simulation: CPUs each client takes")
-    run.add_argument("--client-gpus", type=float, default=0.0, help="with --simulation: GPUs (or a share) each takes")
+    run.add_argument("--client-cpus", type=int, help="with --simulation: CPUs each client takes (default 1)")
+    run.add_argument("--client-gpus", type=float, help="with --simulation: GPUs (or a share) each takes (default 0)")
     _add_task_arguments(run)
     run.add_argument(
         "--external-explainer", action="store_true", help="use an explainer already serving at the address"

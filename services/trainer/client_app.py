@@ -120,20 +120,23 @@ def evaluate(msg: Message, context: Context) -> Message:
     scores = learning.evaluate(model, validation, arch)
     evaluated = time.perf_counter()
     delivery = Delivery()
-    # The aggregator picks which clients explain each round (fraction-explain).
-    if task.xai_enabled and bool(config.get("explain", True)):
-        request = build_request(
-            task_id=task.task_name,
-            # The aggregator names the run when `flwr run` left it unnamed.
-            run_id=str(config.get("run-id", task.run_id)),
-            round_number=server_round,
-            client_id=node.client_id,
-            arch=arch,
-            model=model,
-            data=validation,
-            per_class=task.samples_per_class,
-            cam_method=CAM_METHODS[task.cam_method],
-        )
+    if task.xai_enabled:
+        # The aggregator picks which clients explain each round (fraction-explain); the
+        # others still send what their outbox holds from earlier rounds.
+        request: pb.ExplainRequest | None = None
+        if bool(config.get("explain", True)):
+            request = build_request(
+                task_id=task.task_name,
+                # The aggregator names the run when `flwr run` left it unnamed.
+                run_id=str(config.get("run-id", task.run_id)),
+                round_number=server_round,
+                client_id=node.client_id,
+                arch=arch,
+                model=model,
+                data=validation,
+                per_class=task.samples_per_class,
+                cam_method=CAM_METHODS[task.cam_method],
+            )
         # The aggregator stored the model it sent for evaluation: naming that
         # checkpoint spares sending the weights, and the explainer decodes a
         # model all trainers share once.
