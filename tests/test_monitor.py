@@ -83,6 +83,9 @@ def filled_store(tmp_path_factory, mnist, mnist_weights, trained_mnist_cnn) -> L
                 "xai": {"sent": 2, "stored": 20, "queued": 0, "rejected": 0},
             }
         )
+    # Round 2 ran with fraction-explain=0.5: client-1 was not drawn to explain.
+    rounds[2]["explaining"] = {"clients": 1, "of": 2, "fraction_explain": 0.5, "max_explained_clients": 10}
+    rounds[2]["clients"]["client-1"]["evaluate"] = {"eval-loss": 0.4, "eval-accuracy": 0.85, "num-examples": 25}
     document = {
         "status": "finished",
         "num_rounds": 2,
@@ -669,6 +672,7 @@ def test_the_page_in_a_real_browser(monitor_url, tmp_path):
     (clients,) = dom.nodes("table", id="clients-table")
     rows = dom.nodes("tr", inside=clients)[1:]
     assert [cells_of(dom, row)[:3] for row in rows] == [["client-0", "85.0%", "0.400"], ["client-1", "85.0%", "0.400"]]
+    assert [cells_of(dom, row)[-1] for row in rows] == ["", "not drawn to explain this round (1 of 2 were)"]
     (body,) = dom.nodes("body")
     assert not {"undefined", "NaN", "null"} & set(dom.text(body).split())
     screenshot(url, "monitor-run-page.png", tmp_path / "profile")

@@ -671,8 +671,14 @@ function drawClients() {
     if (low.has(client)) notes.push("accuracy outlier");
     if (absent.has(client)) notes.push("no evaluation reply");
     for (const [stage, error] of Object.entries(m.failed || {})) notes.push(`did not ${stage}: ${error}`);
-    cell(row, notes.join(", ") || "");
     if (notes.length) row.className = "flagged";
+    // With fraction-explain below 1, a client that sent, stored, queued and had refused nothing was not drawn.
+    const explaining = r.explaining || {};
+    const explained = ["xai-sent", "xai-stored", "xai-queued", "xai-rejected"].some((key) => e[key]);
+    if (explaining.clients < explaining.of && m.evaluate && !explained) {
+      notes.push(`not drawn to explain this round (${explaining.clients} of ${explaining.of} were)`);
+    }
+    cell(row, notes.join(", ") || "");
   }
 }
 
