@@ -102,12 +102,14 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.clients < 1:
         raise SettingsError("--clients must be at least 1")
+    resources = {"client_cpus": args.client_cpus, "client_gpus": args.client_gpus}
+    given = {name: value for name, value in resources.items() if value is not None}  # the others keep their defaults
     simulation = None
     if args.simulation:
-        simulation = Simulation(1 if args.client_cpus is None else args.client_cpus, args.client_gpus or 0.0)
+        simulation = Simulation(**given)
         if simulation.client_cpus < 1 or simulation.client_gpus < 0:
             raise SettingsError("--client-cpus must be at least 1 and --client-gpus not negative")
-    elif args.client_cpus is not None or args.client_gpus is not None:
+    elif given:
         raise SettingsError("--client-cpus and --client-gpus set the resources of simulated clients: add --simulation")
     app_dir = Path(args.app_dir) if args.app_dir else default_app_dir()
     options = RunOptions(
