@@ -37,16 +37,9 @@ def clean_env() -> dict[str, str]:
 
 def flower_processes(work: Path) -> list[int]:
     """Processes started for the run in ``work``: they all carry its FLWR_HOME."""
-    marker = f"FLWR_HOME={work / 'flwr'}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+    from services.cli.processes import processes_with
+
+    return sorted(processes_with("FLWR_HOME", str(work / "flwr")))
 
 
 def wait_until_gone(work: Path, timeout: float = 15.0) -> list[str]:

@@ -117,9 +117,9 @@ class Children:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def marked_processes(mark: str) -> set[int]:
-    """The live processes whose environment carries ``STARTED_BY_VARIABLE=mark``."""
-    wanted = f"{STARTED_BY_VARIABLE}={mark}".encode()
+def processes_with(variable: str, value: str) -> set[int]:
+    """The live processes but this one whose environment sets ``variable=value``."""
+    wanted = f"{variable}={value}".encode()
     found = set()
     for entry in Path("/proc").glob("[0-9]*"):
         try:
@@ -128,6 +128,11 @@ def marked_processes(mark: str) -> set[int]:
         except (OSError, ValueError):  # exited while we looked, or not ours to read
             continue
     return found - {os.getpid()}
+
+
+def marked_processes(mark: str) -> set[int]:
+    """The live processes started, directly or not, by the ``Children`` with this mark."""
+    return processes_with(STARTED_BY_VARIABLE, mark)
 
 
 def descendants(roots: set[int]) -> set[int]:
