@@ -230,3 +230,43 @@ def test_stopping_a_run_stops_what_its_dead_children_left_behind(tmp_path):
     except FileNotFoundError:
         state = "gone"
     assert state in ("gone", "Z"), state
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--isolation", "subprocess"], "sets up the ClientApps' runtime itself; leave out --isolation\n"),
+        (["--ssl-certfile=cert.pem"], "leave out --ssl-certfile=cert.pem\n"),
+        (["--host", "0.0.0.0"], "--host 0.0.0.0: the Runtime API hands out tasks and their tokens without TLS"),
+        (["--port", "http"], "--port 'http' is not a port number\n"),
+    ],
+)
+def test_trainer_refuses_runtime_flags_it_cannot_follow(flags, message):
+    result = run_fedxai("trainer", "--", "--insecure", *flags, env=clean_env())
+    assert result.returncode == 2
+    assert result.stderr.startswith("fedxai: error: ") and message in result.stderr
+
+
+def test_trainer_exits_with_its_supernodes_status_and_stops_it_on_a_signal(tmp_path):
+    from services.cli.processes import descendants
+
+    result = run_fedxai("trainer", "--", "--no-such-flag", env=clean_env())
+    assert result.returncode == 2, "flower-supernode's usage error, passed on"
+    assert "unrecognized arguments: --no-such-flag" in result.stderr
+
+    # A SuperNode waiting for a SuperLink that is not there, until the trainer is told to stop.
+    port = free_port()
+    trainer = subprocess.Popen(
+        [FEDXAI, "trainer", "--", "--insecure", "--superlink", f"127.0.0.1:{free_port()}", "--port", str(port)],
+        env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, timeout=60)  # the SuperNode's Runtime API
+        supernodes = descendants({trainer.pid})
+        assert supernodes, "the SuperNode runs as the trainer's child"
+        trainer.send_signal(signal.SIGTERM)
+        _, stderr = trainer.communicate(timeout=30)
+    finally:
+        trainer.kill()
+    assert trainer.returncode == 130, stderr
+    assert [pid for pid in supernodes if Path(f"/proc/{pid}").exists()] == [], "the trainer stopped and reaped it"

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from services.cli.main import build_parser
+from services.trainer.warm_node import runtime_address
 from tests.conftest import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
@@ -56,6 +57,10 @@ def commands() -> list[tuple[str, list[str]]]:
 def test_every_command_exists_and_takes_its_flags(where, argv):
     scripts = {ep.name for ep in entry_points(group="console_scripts")}
     assert argv[0] in scripts, f"{where}: {argv[0]} is not an installed console script"
+    if argv[:2] == ["fedxai", "trainer"]:  # a SuperNode's flags, checked as the SuperNode's below
+        supernode_args = build_parser().parse_args(argv[1:]).supernode_args
+        runtime_address(supernode_args)  # raises on what `fedxai trainer` refuses
+        argv = ["flower-supernode", *supernode_args]
     if argv[0] == "fedxai":
         build_parser().parse_args(argv[1:])  # exits (fails the test) on an unknown flag
     else:

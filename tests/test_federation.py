@@ -138,6 +138,13 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
     logs = sorted(path.name for path in (out / "logs").iterdir())
     assert logs == ["explainer.log", "flwr-run.log", "superlink.log", "supernode-0.log", "supernode-1.log"]
     assert "explainer serving on" in (out / "logs" / "explainer.log").read_text()
+    for node in ("supernode-0", "supernode-1"):
+        # Each message's ClientApp was forked warm by `fedxai trainer`: a train and an
+        # evaluate message a round, and never Flower's own `flwr-clientapp` launcher.
+        node_log = (out / "logs" / f"{node}.log").read_text()
+        assert len(re.findall(r"task \d+: ClientApp in process \d+", node_log)) == 4, node_log
+        assert "Start `flwr-clientapp` process" not in node_log
+        assert "exited with status" not in node_log, "no ClientApp failed"
     for round_dir in ("round-001", "round-002"):
         assert (out / round_dir / "global_model.safetensors").is_file()
         for client in ("client-0", "client-1"):
@@ -320,9 +327,10 @@ def test_chaos_explainer_superlink_and_a_trainer_killed_mid_run_lose_nothing(tmp
         (work / "logs" / "supernode-1.log").unlink()
         run = start_run("resumed", "--resume", run_id)
         wait_for_line(work / "logs" / "supernode-1.log", r"client-1: round 2, training on", run)
-        supernode = flower_process(work, "flower-supernode", "partition-id=1 ")
-        clientapps = [pid for pid in descendants({supernode}) if b"flwr-clientapp" in command_line(pid)]
-        assert clientapps, "client-1 trains in a ClientApp process of its SuperNode"
+        # `fedxai trainer` forks a ClientApp process per message, under the same command line.
+        trainer = flower_process(work, "services.cli", "partition-id=1 ")
+        clientapps = [pid for pid in descendants({trainer}) if command_line(pid) == command_line(trainer)]
+        assert clientapps, "client-1 trains in a ClientApp process of its trainer"
         for pid in clientapps:
             os.kill(pid, signal.SIGKILL)
         run.wait(timeout=RUN_TIMEOUT)

@@ -227,8 +227,10 @@ def supernodes(
     for partition_id in range(clients):
         node_dir = nodes_dir(work) / f"client-{partition_id}"
         node_config = f"partition-id={partition_id} num-partitions={clients} state-dir={json.dumps(str(node_dir))}"
+        # `fedxai trainer`: a SuperNode whose ClientApps start with torch imported.
         argv = [
-            "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
+            sys.executable, "-m", "services.cli", "trainer", "--",
+            "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
             "--host", "127.0.0.1", "--port", str(_free_port()), "--node-config", node_config,
         ]  # fmt: skip
         processes.append(Process(f"supernode-{partition_id}", argv, node_env, cwd=node_dir))

@@ -156,6 +156,15 @@ def _aggregator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trainer(args: argparse.Namespace) -> int:
+    from services.trainer.warm_node import WarmNode
+
+    # Flower's logger prints for itself (in the ClientApps too): not once more through ours.
+    logging.getLogger("flwr").propagate = False
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll of the Runtime API otherwise
+    return WarmNode(list(args.supernode_args)).serve()
+
+
 def _health(args: argparse.Namespace) -> int:
     """Exit status 0 when the service at --address reports SERVING (for container health checks)."""
     from services.cli.status import explainer_health
@@ -341,6 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
     aggregator.add_argument("--tls-ca-file", default="", help="CA that signed the certificate (PEM)")
     _add_task_arguments(aggregator)
     aggregator.set_defaults(handler=_aggregator)
+
+    trainer = command(
+        "trainer",
+        "run a Flower SuperNode whose ClientApps start with torch already imported",
+        "Start `flower-supernode SUPERNODE_ARGS --isolation process` and launch each of its ClientApps in a "
+        "process forked from this one, which has imported torch and Flower already: about 3 s less per message "
+        "than Flower's own launcher. The SuperNode's Runtime API (--host, --port) must stay on loopback.",
+    )
+    trainer.add_argument(
+        "supernode_args", nargs="*", metavar="SUPERNODE_ARGS", help="flower-supernode's flags, after --"
+    )
+    trainer.set_defaults(handler=_trainer)
 
     health = command(
         "health",

@@ -1,0 +1,215 @@
+"""``fedxai trainer``: a Flower SuperNode whose ClientApps start with their libraries loaded.
+
+A SuperNode's default isolation runs every message's ClientApp in a new ``flwr-clientapp``
+process, which spends about 3 s importing torch before it does any work: twice a round,
+on every trainer. Started with ``--isolation process``, the SuperNode leaves that launch to
+a separate executor, which takes each task from the SuperNode's Runtime API
+(``AcquireTask``, as ``flower-superexec`` does) and runs the ClientApp with the task's token.
+
+``WarmNode`` is that executor. It imports the heavy libraries once, then forks a child per
+task that runs Flower's own ``run_clientapp`` with the token: still a new process per
+message, which installs and loads the FAB as before, with its imports already done. The
+app's own modules are not preloaded, so the code that runs is the FAB's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flwr.proto.runtime_pb2 import AcquireTaskRequest
+from flwr.supercore.constant import TaskType
+from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+from fedxai.settings import SettingsError, is_loopback
+
+log = logging.getLogger("fedxai.trainer")
+
+# Imported before the first fork; a ClientApp then imports only the FAB's own modules.
+PRELOADED = (
+    "torch",
+    "numpy",
+    "grpc",
+    "safetensors.torch",
+    "flwr.app",
+    "flwr.clientapp",
+    "flwr.supernode.runtime.run_clientapp",
+)
+# SuperNode flags this executor sets or cannot follow: it launches the ClientApps itself, and
+# reaches the Runtime API without TLS or a shared secret, so that API stays on loopback.
+REFUSED_FLAGS = ("--isolation", "--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile", "--superexec-auth-secret-file")
+DEFAULT_RUNTIME_HOST = "127.0.0.1"
+DEFAULT_RUNTIME_PORT = 9094
+# Pauses between asks for a task: short right after a task, longer while the node is idle.
+FIRST_PAUSE = 0.02
+LONGEST_PAUSE = 0.25
+BACKOFF = 1.5
+STOP_GRACE = 10.0
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    value = None
+    for index, arg in enumerate(args):
+        if arg == flag and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def runtime_address(supernode_args: Sequence[str]) -> str:
+    """Where the SuperNode started with ``supernode_args`` serves its Runtime API."""
+    for arg in supernode_args:
+        if arg.split("=", 1)[0] in REFUSED_FLAGS:
+            raise SettingsError(f"fedxai trainer sets up the ClientApps' runtime itself; leave out {arg}")
+    host = _flag_value(supernode_args, "--host") or DEFAULT_RUNTIME_HOST
+    if not is_loopback(host):
+        raise SettingsError(
+            f"--host {host}: the Runtime API hands out tasks and their tokens without TLS; keep it on loopback"
+        )
+    port = _flag_value(supernode_args, "--port") or str(DEFAULT_RUNTIME_PORT)
+    if not port.isdigit():
+        raise SettingsError(f"--port {port!r} is not a port number")
+    return f"{host}:{port}"
+
+
+def preload() -> None:
+    for name in PRELOADED:
+        importlib.import_module(name)
+
+
+def _run_task(address: str, token: str, parent_pid: int) -> int:
+    """In a forked child: Flower's ClientApp runtime for one task; the exit status."""
+    # The parent's handlers (Ctrl-C unwinding its loop) must not run here.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    try:
+        run_clientapp(runtime_api_address=address, token=token, insecure=True, parent_pid=parent_pid)
+    except SystemExit as done:  # run_clientapp ends with flwr_exit
+        return done.code if isinstance(done.code, int) else 1
+    return 0
+
+
+@dataclass
+class WarmNode:
+    """Runs ``flower-supernode`` with ``--isolation process`` and launches its ClientApps."""
+
+    supernode_args: list[str]
+    address: str = ""
+    supernode: subprocess.Popen | None = None
+    tasks: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.address = runtime_address(self.supernode_args)
+
+    def serve(self) -> int:
+        """Until the SuperNode exits: its exit status."""
+        preload()
+        # The one installed beside this Python, as `flwr` installs it; else the one on PATH.
+        beside = Path(sys.executable).with_name("flower-supernode")
+        program = str(beside) if beside.is_file() else "flower-supernode"
+        self.supernode = subprocess.Popen([program, *self.supernode_args, "--isolation", "process"])
+        self._wait_for_runtime_api()
+        client = _runtime_client(self.address)
+        request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+        pause = FIRST_PAUSE
+        try:
+            while self.supernode.poll() is None:
+                self._reap()
+                response = client.AcquireTask(request)
+                if response.HasField("task") and response.token:
+                    self._launch(response.task.task_id, response.token)
+                    pause = FIRST_PAUSE
+                    continue
+                time.sleep(pause)
+                pause = min(pause * BACKOFF, LONGEST_PAUSE)
+            return self.supernode.returncode
+        finally:
+            client.close()
+            self._stop()
+
+    def _wait_for_runtime_api(self) -> None:
+        """Until the SuperNode listens (Flower's client would log each refused attempt)."""
+        assert self.supernode is not None
+        host, port = self.address.rsplit(":", 1)
+        while self.supernode.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+                return
+            time.sleep(FIRST_PAUSE)
+
+    def _launch(self, task_id: int, token: str) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        parent = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _run_task(self.address, token, parent)
+            except BaseException:  # printed, not hidden: a forked child must never return into the loop
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        self.tasks.add(pid)
+        log.info("task %d: ClientApp in process %d", task_id, pid)
+
+    def _reap(self) -> None:
+        for pid in list(self.tasks):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                self.tasks.discard(pid)
+                code = os.waitstatus_to_exitcode(status)
+                if code != 0:
+                    log.warning("ClientApp process %d exited with status %d", pid, code)
+
+    def _stop(self) -> None:
+        """Stops the SuperNode and any ClientApp still running, gracefully first."""
+        running = [pid for pid in self.tasks if _signal(pid, signal.SIGTERM)]
+        if self.supernode is not None and self.supernode.poll() is None:
+            self.supernode.terminate()
+            try:
+                self.supernode.wait(STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                self.supernode.kill()
+                self.supernode.wait()
+        deadline = time.monotonic() + STOP_GRACE
+        while running and time.monotonic() < deadline:
+            running = [pid for pid in running if os.waitpid(pid, os.WNOHANG)[0] == 0]
+            time.sleep(0.1)
+        for pid in running:
+            _signal(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+
+
+def _signal(pid: int, signum: int) -> bool:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _runtime_client(address: str) -> RuntimeHttpClient:
+    return RuntimeHttpClient.from_server_address(
+        server_address=address,
+        insecure=True,
+        root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+        retry_invoker=make_simple_http_retry_invoker(),
+    )
