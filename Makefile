@@ -12,10 +12,13 @@ ARGS ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+# The example architecture plugin is installed too: the tests use it.
+EXAMPLE_PLUGIN := examples/fedxai-example-plugin
+
+$(VENV)/.installed: pyproject.toml $(EXAMPLE_PLUGIN)/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e $(EXAMPLE_PLUGIN)
 	touch $@
 
 install: $(VENV)/.installed ## create .venv with the project and its dev tools

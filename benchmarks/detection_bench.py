@@ -32,7 +32,7 @@ import torch
 
 from fedxai.attacks import BACKDOOR_TARGET, stamp_trigger
 from fedxai.data import load_pool
-from fedxai.models import ARCHITECTURES
+from fedxai.models import architectures
 from fedxai.storage import LocalStore
 from fedxai.storage.layout import metrics_key
 from fedxai.task import TaskConfig
@@ -53,7 +53,7 @@ def out(line: str = "") -> None:
 def backdoor_success(store: LocalStore, checkpoint: str, task: TaskConfig) -> float:
     """Share of held-out digits of other classes that the model puts in the
     backdoor's target class once the trigger is stamped on them."""
-    arch = ARCHITECTURES[task.architecture]
+    arch = architectures()[task.architecture]
     model = arch.factory()
     model.load_state_dict(decode_state_dict(store.get(checkpoint), checkpoint))
     model.eval()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from fedxai.mnist import available_splits, load_split
-from fedxai.models import ARCHITECTURES
+from fedxai.models import architectures
 from fedxai.settings import ExplainerSettings
 from fedxai.storage import LocalStore
 from fedxai.tensors import encode_state_dict, tensor_to_proto
@@ -38,7 +38,7 @@ from services.explainer.cam.grad_cam import GradCAM
 from services.explainer.memory import keep_freed_memory
 from services.explainer.server import create_server
 
-ARCH = ARCHITECTURES["mnist_cnn"]
+ARCH = architectures()["mnist_cnn"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BATCHES = {1: (5, 30), 64: (5, 25), 256: (2, 8)}  # batch: (warm-up reps, timed reps) at --reps 1
 MESSAGE_LIMIT = 64 << 20

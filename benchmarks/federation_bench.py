@@ -28,7 +28,7 @@ import torch
 
 from fedxai import learning
 from fedxai.data import load_pool, partition, train_validation_split
-from fedxai.models import ARCHITECTURES
+from fedxai.models import architectures
 from fedxai.storage import LocalStore
 from fedxai.storage.layout import metrics_key
 from fedxai.task import TaskConfig
@@ -172,7 +172,7 @@ def bench_accuracy(args: argparse.Namespace, work: Path, env: dict[str, str]) ->
     federated = ours_rounds(LocalStore(out_dir), task)[-1]["global"]["accuracy"]
     out(f"federated run: {time.monotonic() - started:.0f} s")
 
-    arch = ARCHITECTURES[task.architecture]
+    arch = architectures()[task.architecture]
     pool = load_pool(task.data_dir, task.test_fraction, task.seed)
     shares = [
         train_validation_split(

@@ -48,7 +48,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedxai.channels import open_channel
 from fedxai.mnist import load_split
-from fedxai.models import ARCHITECTURES
+from fedxai.models import architectures
 from fedxai.settings import MIB, StorageSettings
 from fedxai.storage.s3 import S3Store
 from fedxai.tensors import encode_state_dict
@@ -468,7 +468,7 @@ def main() -> None:
     parser.add_argument("--mnist-dir", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "mnist")
     args = parser.parse_args()
     images, labels = load_split(args.mnist_dir, "test")
-    weights = encode_state_dict(ARCHITECTURES["mnist_cnn"].factory().state_dict(), {})
+    weights = encode_state_dict(architectures()["mnist_cnn"].factory().state_dict(), {})
     bombs = [inflating_png(28, 28, 1 << 30), png(images[0]), weights[:1000], inflating_png(20000, 20000, 16)]
 
     def valid(index: int) -> pb.ExplainRequest:

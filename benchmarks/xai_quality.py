@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 from fedxai.data import load_pool
-from fedxai.models import ARCHITECTURES, build_model
+from fedxai.models import architectures, build_model
 from fedxai.stats import rank_correlation
 from fedxai.tensors import decode_state_dict
 from services.explainer import quality
@@ -59,7 +59,7 @@ from services.explainer.cam import ALL_METHODS, TargetLayers, normalise, target_
 from services.explainer.cam.grad_cam import GradCAM
 from services.explainer.cam.hires_cam import HiResCAM
 
-ARCH = ARCHITECTURES["mnist_cnn"]
+ARCH = architectures()["mnist_cnn"]
 CHECKPOINT = "global_model.safetensors"
 # The federation's held-out split (its config's test-fraction and seed).
 TEST_FRACTION = 0.2

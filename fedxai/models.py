@@ -1,18 +1,34 @@
 """The model registry: architectures the trainers learn and the explainer loads.
 
+Two are built in; installed packages add their own through the entry-point group
+``fedxai.architectures`` (see ``examples/fedxai-example-plugin``). Every one is checked
+when the registry is first read, so a broken plugin stops a command at its start.
 Weights travel as safetensors only; a model is always built from its registry
 entry and then filled with the received tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import functools
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from types import MappingProxyType
 
 import torch
 from torch import nn
 
 from fedxai.errors import InvalidArgument
+from fedxai.settings import SettingsError
+
+ARCHITECTURE_PLUGINS = "fedxai.architectures"
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+class PluginError(SettingsError):
+    """An installed architecture plugin cannot be used; the message names it and says why."""
 
 
 class MnistCnn(nn.Module):
@@ -70,16 +86,28 @@ class Cifar10Cnn(nn.Module):
 
 @dataclass(frozen=True)
 class Architecture:
+    """A network the federation can learn and the explainer can load; what a plugin exports."""
+
     name: str
     factory: Callable[[], nn.Module]
     input_shape: tuple[int, int, int]  # C, H, W
     num_classes: int
-    mean: tuple[float, ...]
+    mean: tuple[float, ...]  # per channel, for inputs in [0, 1]
     std: tuple[float, ...]
+    # What a person reads for each label ("Trouser" rather than "1"); empty: the label itself.
+    class_names: tuple[str, ...] = ()
+    # The layer Grad-CAM looks at by default, where the automatic choice (the last
+    # convolution's output after its activation) is not the right one.
+    target_layer: str = ""
+    # The distribution that installed it ("name version"); empty for the built-in ones.
+    provided_by: str = ""
 
     @property
     def channels(self) -> int:
         return self.input_shape[0]
+
+    def class_name(self, label: int) -> str:
+        return self.class_names[label] if self.class_names else str(label)
 
     def conv_layers(self) -> list[str]:
         return [name for name, module in self.skeleton().named_modules() if isinstance(module, nn.Conv2d)]
@@ -90,28 +118,90 @@ class Architecture:
             return self.factory()
 
 
-ARCHITECTURES: dict[str, Architecture] = {
-    arch.name: arch
-    for arch in (
-        Architecture("mnist_cnn", MnistCnn, (1, 28, 28), 10, (0.1307,), (0.3081,)),
-        Architecture(
-            "cifar10_cnn",
-            Cifar10Cnn,
-            (3, 32, 32),
-            10,
-            (0.4914, 0.4822, 0.4465),
-            (0.2470, 0.2435, 0.2616),
-        ),
-    )
-}
+MNIST_CNN = Architecture("mnist_cnn", MnistCnn, (1, 28, 28), 10, (0.1307,), (0.3081,))
+BUILT_IN = (
+    MNIST_CNN,
+    Architecture(
+        "cifar10_cnn",
+        Cifar10Cnn,
+        (3, 32, 32),
+        10,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+        class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+    ),
+)
+
+
+@functools.cache
+def architectures() -> Mapping[str, Architecture]:
+    """The built-in architectures and every installed plugin's, by name; raises
+    PluginError for the first plugin that cannot be used."""
+    found = {arch.name: arch for arch in BUILT_IN}
+    for entry in sorted(entry_points(group=ARCHITECTURE_PLUGINS), key=lambda e: e.name):
+        arch = _plugin(entry)
+        if arch.name in found:
+            raise PluginError(f"architecture plugin {entry.name!r} ({entry.value}): the name {arch.name!r} is taken")
+        found[arch.name] = arch
+    return MappingProxyType(found)
+
+
+def _plugin(entry: EntryPoint) -> Architecture:
+    where = f"architecture plugin {entry.name!r} ({entry.value})"
+    try:
+        arch = entry.load()
+    except Exception as error:  # whatever importing the plugin raises, reported with its name
+        raise PluginError(f"{where} cannot be imported: {type(error).__name__}: {error}") from error
+    if not isinstance(arch, Architecture):
+        raise PluginError(f"{where} is a {type(arch).__name__}, not a fedxai.models.Architecture")
+    if arch.name != entry.name:
+        raise PluginError(f"{where} names itself {arch.name!r}: the entry point's name must be the same")
+    problems = architecture_problems(arch)
+    if problems:
+        raise PluginError(f"{where}: " + "; ".join(problems))
+    provider = f"{entry.dist.name} {entry.dist.version}" if entry.dist is not None else entry.module
+    return dataclasses.replace(arch, provided_by=provider)
+
+
+def architecture_problems(arch: Architecture) -> list[str]:
+    """What makes ``arch`` unusable, checked by building it and running a zero input through it."""
+    if not _NAME.fullmatch(arch.name):
+        return [f"name {arch.name!r} must be 1 to 63 lowercase letters, digits or '_', starting with a letter"]
+    shape = tuple(arch.input_shape)
+    if len(shape) != 3 or not all(isinstance(n, int) and n > 0 for n in shape):
+        return [f"input_shape {shape!r} must be three positive integers (C, H, W)"]
+    problems = []
+    if arch.num_classes < 2:
+        problems.append(f"num_classes is {arch.num_classes}; at least 2")
+    if len(arch.mean) != arch.channels or len(arch.std) != arch.channels:
+        problems.append(f"mean and std need one value per channel ({arch.channels})")
+    if any(value <= 0 for value in arch.std):
+        problems.append("std values must be positive")
+    names = arch.class_names
+    if names and (len(names) != arch.num_classes or len(set(names)) != len(names) or not all(names)):
+        problems.append(f"class_names must be {arch.num_classes} distinct, non-empty names")
+    if problems:
+        return problems
+    try:
+        model = arch.factory()
+        if not isinstance(model, nn.Module):
+            return [f"factory() returned a {type(model).__name__}, not a torch.nn.Module"]
+        with torch.no_grad():
+            output = model.eval()(torch.zeros(1, *shape))
+    except Exception as error:  # the plugin's own code: reported, not raised
+        return [f"building it and running a zero input of shape {shape} fails: {type(error).__name__}: {error}"]
+    if not isinstance(output, torch.Tensor) or tuple(output.shape) != (1, arch.num_classes):
+        got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+        problems.append(f"its output for one input is {got}, expected (1, {arch.num_classes})")
+    return problems
 
 
 def get_architecture(name: str, field: str = "architecture") -> Architecture:
+    known = architectures()
     try:
-        return ARCHITECTURES[name]
+        return known[name]
     except KeyError:
-        known = ", ".join(sorted(ARCHITECTURES))
-        raise InvalidArgument(field, f"unknown architecture {name!r} (known: {known})") from None
+        raise InvalidArgument(field, f"unknown architecture {name!r} (known: {', '.join(sorted(known))})") from None
 
 
 def build_model(arch: Architecture, state_dict: dict[str, torch.Tensor], field: str) -> nn.Module:

@@ -161,10 +161,10 @@ class TaskConfig:
         for name in ("samples-per-class", "probe-per-class"):
             if getattr(self, name.replace("-", "_")) > MAX_SAMPLES_PER_CLASS:
                 raise SettingsError(f"{name} must be at most {MAX_SAMPLES_PER_CLASS}")
-        from fedxai.models import ARCHITECTURES  # torch is imported only when a task is checked
+        from fedxai.models import architectures  # torch is imported only when a task is checked
 
         # The federation learns MNIST: only architectures for 1x28x28 input fit.
-        fitting = tuple(name for name, arch in ARCHITECTURES.items() if arch.input_shape == (1, 28, 28))
+        fitting = tuple(name for name, arch in architectures().items() if arch.input_shape == (1, 28, 28))
         _choice("architecture", self.architecture, fitting)
 
 

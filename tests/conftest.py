@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from fedxai.mnist import load_split
-from fedxai.models import ARCHITECTURES
+from fedxai.models import architectures
 from fedxai.settings import ExplainerSettings, S3Settings
 from fedxai.storage import LocalStore
 from fedxai.tensors import encode_state_dict
@@ -46,7 +46,7 @@ def trained_mnist_cnn(mnist: tuple[np.ndarray, np.ndarray]) -> torch.nn.Module:
     """mnist_cnn trained on 6,000 digits to at least 95% on the 4,000 it never saw:
     a confident model, the state in which explanations go wrong (blank maps)."""
     images, labels = mnist
-    arch = ARCHITECTURES["mnist_cnn"]
+    arch = architectures()["mnist_cnn"]
     torch.manual_seed(0)
     model = arch.factory()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fedxai.errors import InvalidArgument
-from fedxai.models import ARCHITECTURES
+from fedxai.models import architectures
 from services.explainer.cam import METHODS, normalise, target_layers, upsample
 from services.explainer.cam.grad_cam import GradCAM
 from services.explainer.cam.grad_cam_plusplus import GradCAMPlusPlus
@@ -19,7 +19,7 @@ from services.explainer.cam.layer_cam import LayerCAM
 from services.explainer.cam.xgrad_cam import XGradCAM
 from services.explainer.explanations import heat_at_input_size
 
-MNIST = ARCHITECTURES["mnist_cnn"]
+MNIST = architectures()["mnist_cnn"]
 LAYERS = target_layers(MNIST)
 
 
@@ -164,7 +164,7 @@ def test_pictures_heat_matches_the_torch_upsampling_and_normalisation(trained_mn
 
 
 def test_three_channel_input_works() -> None:
-    arch = ARCHITECTURES["cifar10_cnn"]
+    arch = architectures()["cifar10_cnn"]
     torch.manual_seed(1)
     result = METHODS[0](arch.factory(), target_layers(arch)).compute(torch.rand(5, 3, 32, 32), torch.arange(5))
     assert result.maps.shape == (5, 8, 8)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedxai.models import ARCHITECTURES
+from fedxai.models import architectures
 from fedxai.settings import ExplainerSettings
 from fedxai.storage import LocalStore
 from fedxai.tensors import encode_state_dict, tensor_to_proto
@@ -24,7 +24,7 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
 def cifar_weights() -> bytes:
-    return encode_state_dict(ARCHITECTURES["cifar10_cnn"].factory().state_dict(), {})
+    return encode_state_dict(architectures()["cifar10_cnn"].factory().state_dict(), {})
 
 
 def nan_weights(weights: bytes) -> bytes:

@@ -13,7 +13,7 @@ import pytest
 
 from fedxai.data import Dataset
 from fedxai.delivery import Outbox, deliver
-from fedxai.models import ARCHITECTURES
+from fedxai.models import architectures
 from fedxai.tensors import encode_state_dict
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
@@ -21,7 +21,7 @@ from services.trainer.explainer_link import build_request, samples_per_class
 from tests.conftest import free_port
 from tests.helpers import RUN, RUN_DIR
 
-ARCH = ARCHITECTURES["mnist_cnn"]
+ARCH = architectures()["mnist_cnn"]
 
 
 @pytest.fixture

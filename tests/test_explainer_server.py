@@ -203,11 +203,11 @@ def test_predicted_target_explains_the_predicted_class(stub, digits, mnist_weigh
 def test_three_channel_model_and_colour_pngs(stub, mnist):
     import torch
 
-    from fedxai.models import ARCHITECTURES
+    from fedxai.models import architectures
     from fedxai.tensors import encode_state_dict
 
     torch.manual_seed(0)
-    weights = encode_state_dict(ARCHITECTURES["cifar10_cnn"].factory().state_dict(), {})
+    weights = encode_state_dict(architectures()["cifar10_cnn"].factory().state_dict(), {})
     rng = np.random.default_rng(0)
     colour = rng.integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
     request = pb.ExplainRequest(
@@ -283,12 +283,12 @@ def test_health_service_reports_serving(explainer):
 def test_concurrent_explains_with_different_models_do_not_mix(stub, digits, mnist_weights):
     import torch
 
-    from fedxai.models import ARCHITECTURES
+    from fedxai.models import architectures
     from fedxai.tensors import encode_state_dict
 
     images, labels = digits
     torch.manual_seed(5)
-    untrained = encode_state_dict(ARCHITECTURES["mnist_cnn"].factory().state_dict(), {})
+    untrained = encode_state_dict(architectures()["mnist_cnn"].factory().state_dict(), {})
     requests = {
         "trained": explain_request(images[:16], labels[:16], mnist_weights, store=False),
         "untrained": explain_request(images[:16], labels[:16], untrained, store=False),

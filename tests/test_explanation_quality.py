@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from fedxai.errors import InvalidArgument
-from fedxai.models import ARCHITECTURES
+from fedxai.models import architectures
 from fedxai.stats import rank_correlation
 from fedxai.tensors import encode_state_dict
 from fedxai.v1 import explainer_pb2 as pb
@@ -23,7 +23,7 @@ from services.explainer.explanations import Computed, SampleStats
 from services.explainer.render import CAPTION_HEIGHT, GAP, SCALE, Caption, render_explanations
 from tests.helpers import TRAINED_ON, decode_jpeg, explain_request
 
-MNIST = ARCHITECTURES["mnist_cnn"]
+MNIST = architectures()["mnist_cnn"]
 LAYERS = target_layers(MNIST)
 MEAN, STD = torch.tensor(MNIST.mean), torch.tensor(MNIST.std)
 PER_CLASS = 12  # held-out digits of each class the measurements use
@@ -72,7 +72,7 @@ def test_activations_are_modules_and_checkpoint_keys_are_unchanged() -> None:
     assert LAYERS.default == "relu2"
     assert LAYERS.names == ("relu1", "relu2", "pool")
     assert LAYERS.resolve("") == "relu2" and LAYERS.resolve("conv2") == "relu2" and LAYERS.resolve("pool") == "pool"
-    assert target_layers(ARCHITECTURES["cifar10_cnn"]).default == "relu3"
+    assert target_layers(architectures()["cifar10_cnn"]).default == "relu3"
 
 
 class FunctionalReLU(nn.Module):

@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord
 
 from fedxai.attacks import BACKDOOR_SHARE, BACKDOOR_TARGET, TRIGGER, poison
 from fedxai.data import Dataset, probe_set
-from fedxai.models import ARCHITECTURES
+from fedxai.models import architectures
 from fedxai.settings import ExplainerSettings
 from fedxai.storage import LocalStore
 from fedxai.storage.layout import Folder
@@ -39,7 +39,7 @@ from tests.helpers import (
     with_flipped_outputs,
 )
 
-ARCH = ARCHITECTURES["mnist_cnn"]
+ARCH = architectures()["mnist_cnn"]
 HONEST = ("client-0", "client-1", "client-2")
 FLIPPED = "client-3"
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from fedxai.models import ARCHITECTURES, build_model
+from fedxai.models import architectures, build_model
 from services.explainer.loaded_models import LoadedModel, ModelCache
 
-ARCH = ARCHITECTURES["mnist_cnn"]
+ARCH = architectures()["mnist_cnn"]
 
 
 def loaded(sha256: str, seed: int = 0) -> LoadedModel:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fedxai.data import Dataset, probe_set
-from fedxai.models import ARCHITECTURES
+from fedxai.models import architectures
 from fedxai.storage import LocalStore
 from fedxai.storage.layout import metrics_key
 from fedxai.v1 import explainer_pb2 as pb
@@ -120,7 +120,7 @@ def write_federated_task(store: LocalStore, service: ExplanationService, mnist, 
     task = task_config(task_name="federated")
     compared: dict[int, dict] = {}
     maps = RoundMaps(probe.labels, task.flag_threshold, lambda r, c: compared.setdefault(r, {}).update(c))
-    arch = ARCHITECTURES["mnist_cnn"]
+    arch = architectures()["mnist_cnn"]
     for round_number in ROUNDS:
         states = {c: perturbed(model, 10 * round_number + i) for i, c in enumerate(FEDERATED_CLIENTS[:3])}
         states["client-3"] = with_flipped_outputs(model)

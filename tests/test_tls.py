@@ -64,7 +64,7 @@ def test_certificate_and_key_go_together(certs):
 def test_trainers_deliver_over_tls(tls_explainer, certs, local_store, trained_mnist_cnn, mnist, tmp_path):
     from fedxai.data import Dataset
     from fedxai.delivery import Outbox, deliver
-    from fedxai.models import ARCHITECTURES
+    from fedxai.models import architectures
     from services.trainer.explainer_link import build_request
 
     images, labels = mnist
@@ -73,7 +73,7 @@ def test_trainers_deliver_over_tls(tls_explainer, certs, local_store, trained_mn
         run_id=RUN,
         round_number=1,
         client_id="client-0",
-        arch=ARCHITECTURES["mnist_cnn"],
+        arch=architectures()["mnist_cnn"],
         model=trained_mnist_cnn,
         data=Dataset(images[:100], labels[:100]),
         per_class=1,

@@ -16,9 +16,9 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedxai import learning
 from fedxai.data import load_pool, partition, train_validation_split
-from fedxai.models import ARCHITECTURES
+from fedxai.models import MNIST_CNN
 
-ARCH = ARCHITECTURES["mnist_cnn"]
+ARCH = MNIST_CNN
 client = ClientApp()
 server = ServerApp()
 

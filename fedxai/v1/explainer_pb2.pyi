@@ -345,7 +345,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Architecture(_message.Message):
-    __slots__ = ("name", "input_shape", "num_classes", "default_target_layer", "conv_layers", "default_mean", "default_std", "target_layers")
+    __slots__ = ("name", "input_shape", "num_classes", "default_target_layer", "conv_layers", "default_mean", "default_std", "target_layers", "class_names", "provided_by")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -354,6 +354,8 @@ class Architecture(_message.Message):
     DEFAULT_MEAN_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_STD_FIELD_NUMBER: _ClassVar[int]
     TARGET_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
+    PROVIDED_BY_FIELD_NUMBER: _ClassVar[int]
     name: str
     input_shape: _containers.RepeatedScalarFieldContainer[int]
     num_classes: int
@@ -362,7 +364,9 @@ class Architecture(_message.Message):
     default_mean: _containers.RepeatedScalarFieldContainer[float]
     default_std: _containers.RepeatedScalarFieldContainer[float]
     target_layers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., default_target_layer: _Optional[str] = ..., conv_layers: _Optional[_Iterable[str]] = ..., default_mean: _Optional[_Iterable[float]] = ..., default_std: _Optional[_Iterable[float]] = ..., target_layers: _Optional[_Iterable[str]] = ...) -> None: ...
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    provided_by: str
+    def __init__(self, name: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., default_target_layer: _Optional[str] = ..., conv_layers: _Optional[_Iterable[str]] = ..., default_mean: _Optional[_Iterable[float]] = ..., default_std: _Optional[_Iterable[float]] = ..., target_layers: _Optional[_Iterable[str]] = ..., class_names: _Optional[_Iterable[str]] = ..., provided_by: _Optional[str] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
     __slots__ = ("version", "methods", "architectures", "max_message_bytes", "max_batch_size", "storage")

@@ -17,7 +17,7 @@ from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
 from fedxai.data import Dataset, load_pool, probe_set
-from fedxai.models import ARCHITECTURES, Architecture
+from fedxai.models import Architecture, architectures
 from fedxai.records import RunRecord
 from fedxai.settings import SettingsError, StorageSettings, explainer_token
 from fedxai.storage import ObjectStore, open_store, read_document
@@ -63,7 +63,7 @@ def _resume_point(store: ObjectStore, task: TaskConfig) -> tuple[RunRecord, Arra
     data = store.get(entry["checkpoint"])
     if sha256_hex(data) != entry["checkpoint_sha256"]:
         raise SettingsError(f"{entry['checkpoint']} is not the checkpoint metrics.json names (SHA-256 differs)")
-    model = ARCHITECTURES[task.architecture].factory()
+    model = architectures()[task.architecture].factory()
     model.load_state_dict(decode_state_dict(data, entry["checkpoint"]))  # in the model's order of tensors
     return previous, ArrayRecord(model.state_dict())
 
@@ -76,7 +76,7 @@ def main(grid: Grid, context: Context) -> None:
     store = open_store(StorageSettings.from_env(os.environ))
     store.check()
     log(INFO, "run %s of task %s, storage: %s", task.run_id, task.task_name, store.describe())
-    arch = ARCHITECTURES[task.architecture]
+    arch = architectures()[task.architecture]
     torch.manual_seed(task.seed)
     if task.resume_after_round:
         previous, initial = _resume_point(store, task)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from fedxai.errors import ResourceExhausted
-from fedxai.models import ARCHITECTURES, Architecture
+from fedxai.models import Architecture, architectures
 from fedxai.settings import MIB
 from fedxai.v1 import explainer_pb2 as pb
 
@@ -59,8 +59,8 @@ def estimated_bytes(request: pb.ExplainRequest, max_batch_size: int) -> int:
     the most costly architecture for one the request does not name correctly. A
     batch over ``max_batch_size`` counts as that: parsing refuses it, naming the field."""
     name = request.inline_model.architecture or request.model_ref.architecture
-    arch = ARCHITECTURES.get(name)
-    per_sample = bytes_per_sample(arch) if arch else max(bytes_per_sample(a) for a in ARCHITECTURES.values())
+    arch = architectures().get(name)
+    per_sample = bytes_per_sample(arch) if arch else max(bytes_per_sample(a) for a in architectures().values())
     if request.HasField("tensor"):
         samples = request.tensor.shape[0] if request.tensor.shape else 0
     else:

@@ -24,7 +24,7 @@ import torch
 
 from fedxai import __version__
 from fedxai.errors import Abandoned, InvalidArgument
-from fedxai.models import ARCHITECTURES
+from fedxai.models import architectures
 from fedxai.records import Manifest, ManifestImage, Subject
 from fedxai.storage import ObjectStore, read_document
 from fedxai.storage.layout import Folder, metrics_key, round_prefix, run_prefix, validate_id
@@ -703,7 +703,7 @@ class ExplanationService:
             storage=self.store.kind,
         )
         response.methods.append(pb.CamMethod.Name(pb.CAM_METHOD_AUTO))
-        for arch in ARCHITECTURES.values():
+        for arch in architectures().values():
             layers = target_layers(arch)
             response.architectures.add(
                 name=arch.name,
@@ -714,5 +714,7 @@ class ExplanationService:
                 conv_layers=arch.conv_layers(),
                 default_mean=list(arch.mean),
                 default_std=list(arch.std),
+                class_names=[arch.class_name(label) for label in range(arch.num_classes)],
+                provided_by=arch.provided_by,
             )
         return response

@@ -11,10 +11,12 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
+import torch.fx
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fedxai.models import ARCHITECTURES
+from fedxai.errors import InvalidArgument
+from fedxai.models import PluginError, architectures
 from fedxai.settings import DEFAULT_MAX_MESSAGE_BYTES, ExplainerSettings, SettingsError
 from fedxai.storage import ObjectStore
 from fedxai.v1 import explainer_pb2 as pb
@@ -59,8 +61,12 @@ def create_server(settings: ExplainerSettings, store: ObjectStore) -> RunningSer
     calls = 4 * settings.workers
     # Every architecture traced and measured before the first call: tracing patches
     # torch's module calls process-wide, and a forward pass running meanwhile fails.
-    for arch in ARCHITECTURES.values():
-        target_layers(arch)
+    # A plugin whose model cannot be traced, or whose default layer is not targetable, stops the start.
+    for arch in architectures().values():
+        try:
+            target_layers(arch)
+        except (InvalidArgument, torch.fx.proxy.TraceError) as error:
+            raise PluginError(f"architecture {arch.name!r} ({arch.provided_by or 'built in'}): {error}") from error
         bytes_per_sample(arch)
     callers = None
     if settings.callers_file:

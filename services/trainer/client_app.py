@@ -22,7 +22,7 @@ from fedxai import learning
 from fedxai.attacks import poison
 from fedxai.data import Dataset, load_pool, partition, train_validation_split
 from fedxai.delivery import Delivery, Outbox, deliver
-from fedxai.models import ARCHITECTURES, Architecture
+from fedxai.models import Architecture, architectures
 from fedxai.settings import TRAINER_STATE_DIR_VARIABLE, SettingsError, explainer_token
 from fedxai.task import CAM_METHODS, TaskConfig, validate_id_setting
 from fedxai.v1 import explainer_pb2 as pb
@@ -59,7 +59,7 @@ class Node:
 def _setup(msg: Message, context: Context) -> tuple[TaskConfig, Node, Architecture, nn.Module, Dataset, Dataset]:
     task = TaskConfig.from_run_config(context.run_config)
     node = Node.from_node_config(dict(context.node_config), os.environ)
-    arch = ARCHITECTURES[task.architecture]
+    arch = architectures()[task.architecture]
     pool = load_pool(node.data_dir or task.data_dir, task.test_fraction, task.seed, task.max_samples)
     share = partition(
         pool.federated,

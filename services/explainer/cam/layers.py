@@ -11,11 +11,13 @@ weighted sum of them is negative everywhere, i.e. the map is blank. So:
 - a layer whose output goes into an activation applied in ``forward`` as a
   function (``torch.relu(self.conv2(x))``) cannot be hooked after it and is
   refused with a message that says why;
-- the default is the last convolution's output after its activation.
+- the default is the last convolution's output after its activation, unless the
+  architecture names its own (``Architecture.target_layer``, for plugins).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -149,8 +151,11 @@ class TargetLayers:
 
 @functools.cache
 def target_layers(arch: Architecture) -> TargetLayers:
-    """An architecture's targetable layers, traced once."""
-    return TargetLayers.of(arch.skeleton(), arch.input_shape)
+    """An architecture's targetable layers, traced once; its own default layer where it names one."""
+    layers = TargetLayers.of(arch.skeleton(), arch.input_shape)
+    if arch.target_layer:
+        layers = dataclasses.replace(layers, default=layers.resolve(arch.target_layer))
+    return layers
 
 
 def _is_activation_module(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
