@@ -4,6 +4,7 @@ message before serving; help, refusals and `fedxai status` against real servers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -270,3 +271,36 @@ def test_trainer_exits_with_its_supernodes_status_and_stops_it_on_a_signal(tmp_p
         trainer.kill()
     assert trainer.returncode == 130, stderr
     assert [pid for pid in supernodes if Path(f"/proc/{pid}").exists()] == [], "the trainer stopped and reaped it"
+
+    # A trainer killed outright takes its SuperNode with it (it gets SIGTERM from the kernel).
+    trainer = subprocess.Popen(
+        [FEDXAI, "trainer", "--", "--insecure", "--superlink", f"127.0.0.1:{free_port()}", "--port", str(port)],
+        env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, timeout=60)
+        supernodes = descendants({trainer.pid})
+        trainer.kill()
+        trainer.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while (left := [pid for pid in supernodes if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        for pid in descendants({trainer.pid}) | supernodes:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert supernodes and left == [], "the orphaned SuperNode stopped"
+
+    # A SuperNode that dies ends its trainer, with the status a shell would report.
+    trainer = subprocess.Popen(
+        [FEDXAI, "trainer", "--", "--insecure", "--superlink", f"127.0.0.1:{free_port()}", "--port", str(port)],
+        env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, timeout=60)
+        time.sleep(1)  # the trainer asks the SuperNode for tasks by now
+        for pid in descendants({trainer.pid}):
+            os.kill(pid, signal.SIGKILL)
+        assert trainer.wait(timeout=15) == 128 + signal.SIGKILL
+    finally:
+        trainer.kill()

@@ -265,6 +265,11 @@ def command_line(pid: int) -> bytes:
         return b""
 
 
+def parent_of(pid: int) -> int:
+    # "pid (comm) state ppid ...": comm may hold spaces, so split after its ')'.
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def flower_process(work: Path, command: str, *markers: str) -> int:
     """The one process of the run in ``work`` running ``command`` with ``markers`` in its arguments."""
     (pid,) = [
@@ -327,9 +332,14 @@ def test_chaos_explainer_superlink_and_a_trainer_killed_mid_run_lose_nothing(tmp
         (work / "logs" / "supernode-1.log").unlink()
         run = start_run("resumed", "--resume", run_id)
         wait_for_line(work / "logs" / "supernode-1.log", r"client-1: round 2, training on", run)
-        # `fedxai trainer` forks a ClientApp process per message, under the same command line.
-        trainer = flower_process(work, "services.cli", "partition-id=1 ")
-        clientapps = [pid for pid in descendants({trainer}) if command_line(pid) == command_line(trainer)]
+        # `fedxai trainer` forks a ClientApp process per message, under its own command line.
+        line = [
+            pid
+            for pid in flower_processes(work)
+            if b"trainer" in command_line(pid) and b"partition-id=1 " in command_line(pid)
+        ]
+        (trainer,) = [pid for pid in line if parent_of(pid) not in line]
+        clientapps = [pid for pid in descendants({trainer}) if pid in line]
         assert clientapps, "client-1 trains in a ClientApp process of its trainer"
         for pid in clientapps:
             os.kill(pid, signal.SIGKILL)

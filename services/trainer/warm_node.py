@@ -9,12 +9,14 @@ a separate executor, which takes each task from the SuperNode's Runtime API
 ``WarmNode`` is that executor. It imports the heavy libraries once, then forks a child per
 task that runs Flower's own ``run_clientapp`` with the token: still a new process per
 message, which installs and loads the FAB as before, with its imports already done. The
-app's own modules are not preloaded, so the code that runs is the FAB's.
+child first forgets this project's own modules (this command imported some), so that the
+code that runs is the FAB's, as with Flower's launcher.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import importlib
 import logging
 import os
@@ -28,10 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 from flwr.supercore.constant import TaskType
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import run_clientapp
 
@@ -47,8 +49,9 @@ PRELOADED = (
     "safetensors.torch",
     "flwr.app",
     "flwr.clientapp",
-    "flwr.supernode.runtime.run_clientapp",
 )
+# Top-level packages of the FAB's code, which a ClientApp must import from the FAB.
+PROJECT_PACKAGES = ("fedxai", "services")
 # SuperNode flags this executor sets or cannot follow: it launches the ClientApps itself, and
 # reaches the Runtime API without TLS or a shared secret, so that API stays on loopback.
 REFUSED_FLAGS = ("--isolation", "--ssl-certfile", "--ssl-keyfile", "--ssl-ca-certfile", "--superexec-auth-secret-file")
@@ -59,6 +62,7 @@ FIRST_PAUSE = 0.02
 LONGEST_PAUSE = 0.25
 BACKOFF = 1.5
 STOP_GRACE = 10.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def _flag_value(args: Sequence[str], flag: str) -> str | None:
@@ -92,8 +96,43 @@ def preload() -> None:
         importlib.import_module(name)
 
 
+def forget_project_modules() -> None:
+    """Drops this project's modules from the import cache, so that the next import of them
+    reads the FAB's copy (which Flower puts first on sys.path) rather than the installed one.
+    The command never imports the generated protobuf modules, whose descriptors a process
+    cannot register twice with other contents."""
+    for name in [name for name in sys.modules if name.split(".")[0] in PROJECT_PACKAGES]:
+        del sys.modules[name]
+
+
+def check_plugins() -> None:
+    """Refuses an architecture plugin that cannot be used, at the start rather than at the
+    first message. In a forked child: this process must not keep the project's models (nor
+    the plugins, which would refer to them) for the ClientApps, which load the FAB's."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            from fedxai.models import architectures
+
+            architectures()
+            code = 0
+        except SettingsError as error:
+            sys.stderr.write(f"fedxai: error: {error}\n")
+            code = 2
+        except BaseException:  # printed, not hidden: a forked child must never return
+            traceback.print_exc()
+        finally:
+            sys.stderr.flush()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(os.waitstatus_to_exitcode(status))
+
+
 def _run_task(address: str, token: str, parent_pid: int) -> int:
     """In a forked child: Flower's ClientApp runtime for one task; the exit status."""
+    forget_project_modules()
     # The parent's handlers (Ctrl-C unwinding its loop) must not run here.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -119,28 +158,44 @@ class WarmNode:
     def serve(self) -> int:
         """Until the SuperNode exits: its exit status."""
         preload()
+        check_plugins()
         # The one installed beside this Python, as `flwr` installs it; else the one on PATH.
         beside = Path(sys.executable).with_name("flower-supernode")
         program = str(beside) if beside.is_file() else "flower-supernode"
-        self.supernode = subprocess.Popen([program, *self.supernode_args, "--isolation", "process"])
-        self._wait_for_runtime_api()
-        client = _runtime_client(self.address)
+        self.supernode = subprocess.Popen(
+            [program, *self.supernode_args, "--isolation", "process"], preexec_fn=_stop_with_parent
+        )
+        try:
+            self._wait_for_runtime_api()
+            with contextlib.closing(_runtime_client(self.address)) as client:
+                self._launch_tasks(client)
+            code = self.supernode.wait()
+            return code if code >= 0 else 128 - code  # killed by a signal: as a shell reports it
+        finally:
+            self._stop()
+
+    def _launch_tasks(self, client: RuntimeHttpClient) -> None:
+        """Launches each task the SuperNode hands out, until it exits."""
+        assert self.supernode is not None
         request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
         pause = FIRST_PAUSE
-        try:
-            while self.supernode.poll() is None:
-                self._reap()
+        while self.supernode.poll() is None:
+            self._reap()
+            try:
                 response = client.AcquireTask(request)
-                if response.HasField("task") and response.token:
-                    self._launch(response.task.task_id, response.token)
-                    pause = FIRST_PAUSE
-                    continue
-                time.sleep(pause)
-                pause = min(pause * BACKOFF, LONGEST_PAUSE)
-            return self.supernode.returncode
-        finally:
-            client.close()
-            self._stop()
+            except (httpx.TransportError, httpx.HTTPStatusError) as error:
+                # The SuperNode stopping (the loop ends) or failing for a moment: ask again.
+                if isinstance(error, httpx.HTTPStatusError) and error.response.status_code < 500:
+                    raise
+                log.warning("asking the SuperNode for a task failed: %s", error)
+                time.sleep(LONGEST_PAUSE)
+                continue
+            if response.HasField("task") and response.token:
+                self._launch(response.task.task_id, response.token)
+                pause = FIRST_PAUSE
+                continue
+            time.sleep(pause)
+            pause = min(pause * BACKOFF, LONGEST_PAUSE)
 
     def _wait_for_runtime_api(self) -> None:
         """Until the SuperNode listens (Flower's client would log each refused attempt)."""
@@ -197,6 +252,14 @@ class WarmNode:
             os.waitpid(pid, 0)
 
 
+def _stop_with_parent() -> None:
+    """In the SuperNode's process, before it runs: SIGTERM once this trainer is gone, so
+    that a killed trainer leaves no SuperNode behind that nothing launches ClientApps for."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+
+
 def _signal(pid: int, signum: int) -> bool:
     try:
         os.kill(pid, signum)
@@ -211,5 +274,5 @@ def _runtime_client(address: str) -> RuntimeHttpClient:
         insecure=True,
         root_certificates=None,
         interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
-        retry_invoker=make_simple_http_retry_invoker(),
+        # No retry invoker: Flower's retries forever, and a SuperNode that exited must end the loop.
     )
