@@ -85,7 +85,7 @@ BAD_REQUESTS = [
         "architecture",
         lambda r, w: setattr(r.inline_model, "architecture", "resnet9000"),
         INVALID,
-        "inline_model.architecture: unknown architecture 'resnet9000' (known: cifar10_cnn, mnist_cnn)",
+        "inline_model.architecture: unknown architecture 'resnet9000' (known: cifar10_cnn, mnist_cnn, tiny_rgb_net)",
     ),
     ("method", lambda r, w: setattr(r, "method", 42), INVALID, "method: unknown CAM method 42"),
     ("target", lambda r, w: setattr(r, "target", 9), INVALID, "target: unknown target class mode 9"),
