@@ -5,10 +5,11 @@ central training.
 
     python benchmarks/federation_bench.py [--rounds 3] [--repeats 2] [--accuracy]
 
-The bare Flower app runs on a SuperLink and SuperNodes with Flower's own settings;
-FedXAI's variants on the ones `fedxai run` starts. Both federations stay up, and
-the variants take turns within each repetition, so that load on the machine hits
-them alike.
+The bare Flower app runs on a SuperLink and SuperNodes with Flower's own settings
+(each message's ClientApp in a new `flwr-clientapp` process); FedXAI's variants on
+the ones `fedxai run` starts (`fedxai trainer`), and once more, as xai-on-cold, on
+the bare app's. Both federations stay up, and the variants take turns within each
+repetition, so that load on the machine hits them alike.
 """
 
 from __future__ import annotations
@@ -89,13 +90,19 @@ def bench_rounds(args: argparse.Namespace, work: Path, env: dict[str, str]) -> N
         folder.mkdir(parents=True, exist_ok=True)
     explainer = f"127.0.0.1:{args.explainer_port}"
     common = {"num-server-rounds": args.rounds, "data-dir": str(args.data_dir), "max-samples": args.max_samples}
-    # xai-trainers: only the trainers' explanations; xai-on adds the aggregator's probe explanations.
-    rounds: dict[str, list[dict[str, Any]]] = {"bare": [], "xai-off": [], "xai-trainers": [], "xai-on": []}
+    # xai-trainers: only the trainers' explanations; xai-on adds the aggregator's probe explanations;
+    # xai-on-cold is xai-on on the bare app's federation, whose SuperNodes launch ClientApps as Flower does.
+    rounds: dict[str, list[dict[str, Any]]] = {
+        "bare": [], "xai-on-cold": [], "xai-off": [], "xai-trainers": [], "xai-on": [],
+    }  # fmt: skip
     try:
         start_explainer(children, explainer, storage_env)
         ours = start_federation(children, work / "fedxai", args.clients, flower_env(env, work / "fedxai", storage_env))
-        defaults = {k: v for k, v in flower_env(env, work / "bare", {}).items() if not k.startswith("FLWR_SUPEREXEC")}
-        bare = start_federation(bare_children, work / "bare", args.clients, defaults)
+        # Flower's own settings; the store's variable is for xai-on-cold's aggregator (the bare app has none).
+        defaults = {
+            k: v for k, v in flower_env(env, work / "bare", storage_env).items() if not k.startswith("FLWR_SUPEREXEC")
+        }
+        bare = start_federation(bare_children, work / "bare", args.clients, defaults, warm_clientapps=False)
         for repeat in range(args.repeats):
             for variant in rounds:
                 name = f"bench-{variant}-{repeat}"
@@ -111,13 +118,15 @@ def bench_rounds(args: argparse.Namespace, work: Path, env: dict[str, str]) -> N
                             {
                                 "task-name": name,
                                 "xai-enabled": variant != "xai-off",
-                                "explain-federation": variant == "xai-on",
+                                "explain-federation": variant.startswith("xai-on"),
                                 "explainer-address": explainer,
                                 **common,
                             },
                         )
                     )
-                    run_variant(children, ours, name, default_app_dir(), task.to_run_config())
+                    cold = variant == "xai-on-cold"
+                    federation, processes = (bare, bare_children) if cold else (ours, children)
+                    run_variant(processes, federation, name, default_app_dir(), task.to_run_config())
                     rounds[variant] += ours_rounds(store, task)
                 out(f"  {name}: {time.monotonic() - started:.1f} s")
     finally:

@@ -4,7 +4,6 @@ message before serving; help, refusals and `fedxai status` against real servers.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -248,59 +247,57 @@ def test_trainer_refuses_runtime_flags_it_cannot_follow(flags, message):
     assert result.stderr.startswith("fedxai: error: ") and message in result.stderr
 
 
-def test_trainer_exits_with_its_supernodes_status_and_stops_it_on_a_signal(tmp_path):
+def waiting_trainer(port: int) -> tuple[subprocess.Popen, set[int]]:
+    """A trainer whose SuperNode waits for a SuperLink that is not there; and the SuperNode,
+    once its Runtime API listens on ``port``."""
     from services.cli.processes import descendants
 
-    result = run_fedxai("trainer", "--", "--no-such-flag", env=clean_env())
-    assert result.returncode == 2, "flower-supernode's usage error, passed on"
-    assert "unrecognized arguments: --no-such-flag" in result.stderr
-
-    # A SuperNode waiting for a SuperLink that is not there, until the trainer is told to stop.
-    port = free_port()
     trainer = subprocess.Popen(
         [FEDXAI, "trainer", "--", "--insecure", "--superlink", f"127.0.0.1:{free_port()}", "--port", str(port)],
         env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_for_port(port, timeout=60)  # the SuperNode's Runtime API
-        supernodes = descendants({trainer.pid})
-        assert supernodes, "the SuperNode runs as the trainer's child"
-        trainer.send_signal(signal.SIGTERM)
-        _, stderr = trainer.communicate(timeout=30)
-    finally:
-        trainer.kill()
-    assert trainer.returncode == 130, stderr
-    assert [pid for pid in supernodes if Path(f"/proc/{pid}").exists()] == [], "the trainer stopped and reaped it"
-
-    # A trainer killed outright takes its SuperNode with it (it gets SIGTERM from the kernel).
-    trainer = subprocess.Popen(
-        [FEDXAI, "trainer", "--", "--insecure", "--superlink", f"127.0.0.1:{free_port()}", "--port", str(port)],
-        env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
         wait_for_port(port, timeout=60)
-        supernodes = descendants({trainer.pid})
+    except TimeoutError:
         trainer.kill()
-        trainer.wait(timeout=10)
-        deadline = time.monotonic() + 15
-        while (left := [pid for pid in supernodes if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        for pid in descendants({trainer.pid}) | supernodes:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-    assert supernodes and left == [], "the orphaned SuperNode stopped"
+        raise
+    return trainer, descendants({trainer.pid})
+
+
+def still_there(pids: set[int], timeout: float = 0.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := [pid for pid in pids if Path(f"/proc/{pid}").exists()]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def test_a_trainer_and_its_supernode_stop_together(tmp_path):
+    result = run_fedxai("trainer", "--", "--no-such-flag", env=clean_env())
+    assert result.returncode == 2, "flower-supernode's usage error, passed on"
+    assert "unrecognized arguments: --no-such-flag" in result.stderr
+    port = free_port()
+
+    # Told to stop, the trainer stops its SuperNode and reaps it.
+    trainer, supernodes = waiting_trainer(port)
+    assert supernodes, "the SuperNode runs as the trainer's child"
+    trainer.send_signal(signal.SIGTERM)
+    _, stderr = trainer.communicate(timeout=30)
+    assert trainer.returncode == 130, stderr
+    assert still_there(supernodes) == []
+
+    # Killed outright, it takes its SuperNode with it (the kernel sends it SIGTERM).
+    trainer, supernodes = waiting_trainer(port)
+    trainer.kill()
+    trainer.communicate(timeout=10)
+    assert still_there(supernodes, timeout=15) == [], "the orphaned SuperNode stopped"
 
     # A SuperNode that dies ends its trainer, with the status a shell would report.
-    trainer = subprocess.Popen(
-        [FEDXAI, "trainer", "--", "--insecure", "--superlink", f"127.0.0.1:{free_port()}", "--port", str(port)],
-        env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    trainer, supernodes = waiting_trainer(port)
+    time.sleep(1)  # the trainer asks the SuperNode for tasks by now
+    for pid in supernodes:
+        os.kill(pid, signal.SIGKILL)
     try:
-        wait_for_port(port, timeout=60)
-        time.sleep(1)  # the trainer asks the SuperNode for tasks by now
-        for pid in descendants({trainer.pid}):
-            os.kill(pid, signal.SIGKILL)
         assert trainer.wait(timeout=15) == 128 + signal.SIGKILL
     finally:
         trainer.kill()
+        trainer.communicate()

@@ -216,9 +216,15 @@ def superlink(
 
 
 def supernodes(
-    work: Path, clients: int, superlink_port: int, env: dict[str, str], base_env: Mapping[str, str]
+    work: Path,
+    clients: int,
+    superlink_port: int,
+    env: dict[str, str],
+    base_env: Mapping[str, str],
+    warm_clientapps: bool = True,
 ) -> list[Process]:
-    """One SuperNode per client, on loopback, each with its own state folder."""
+    """One SuperNode per client, on loopback, each with its own state folder; under
+    `fedxai trainer`, or launching its ClientApps as Flower does (``warm_clientapps=False``)."""
     # The trainers share this machine's cores: more torch threads than cores
     # make every one of them wait on the others. A value the user set wins.
     threads = base_env.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // clients))
@@ -228,9 +234,9 @@ def supernodes(
         node_dir = nodes_dir(work) / f"client-{partition_id}"
         node_config = f"partition-id={partition_id} num-partitions={clients} state-dir={json.dumps(str(node_dir))}"
         # `fedxai trainer`: a SuperNode whose ClientApps start with torch imported.
+        launcher = [sys.executable, "-m", "services.cli", "trainer", "--"] if warm_clientapps else ["flower-supernode"]
         argv = [
-            sys.executable, "-m", "services.cli", "trainer", "--",
-            "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
+            *launcher, "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
             "--host", "127.0.0.1", "--port", str(_free_port()), "--node-config", node_config,
         ]  # fmt: skip
         processes.append(Process(f"supernode-{partition_id}", argv, node_env, cwd=node_dir))
@@ -353,7 +359,12 @@ class Federation:
 
 
 def start_federation(
-    children: Children, work: Path, clients: int, env: dict[str, str], simulation: Simulation | None = None
+    children: Children,
+    work: Path,
+    clients: int,
+    env: dict[str, str],
+    simulation: Simulation | None = None,
+    warm_clientapps: bool = True,
 ) -> Federation:
     """A SuperLink and one SuperNode per client, all on loopback; or, with
     ``simulation``, a SuperLink that simulates the clients."""
@@ -362,7 +373,7 @@ def start_federation(
     if simulation is not None:
         node_dirs = [nodes_dir(work) / f"client-{partition_id}" for partition_id in range(clients)]
         return Federation(work, env, node_dirs, simulation.federation_config(clients))
-    nodes = supernodes(work, clients, link.port, env, children.base_env)
+    nodes = supernodes(work, clients, link.port, env, children.base_env, warm_clientapps)
     for node in nodes:
         assert node.cwd is not None
         node.cwd.mkdir(parents=True, exist_ok=True)
