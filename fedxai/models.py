@@ -156,14 +156,14 @@ def _plugin(entry: EntryPoint) -> Architecture:
         raise PluginError(f"{where} is a {type(arch).__name__}, not a fedxai.models.Architecture")
     if arch.name != entry.name:
         raise PluginError(f"{where} names itself {arch.name!r}: the entry point's name must be the same")
-    problems = architecture_problems(arch)
+    problems = _architecture_problems(arch)
     if problems:
         raise PluginError(f"{where}: " + "; ".join(problems))
     provider = f"{entry.dist.name} {entry.dist.version}" if entry.dist is not None else entry.module
     return dataclasses.replace(arch, provided_by=provider)
 
 
-def architecture_problems(arch: Architecture) -> list[str]:
+def _architecture_problems(arch: Architecture) -> list[str]:
     """What makes ``arch`` unusable, checked by building it and running a zero input through it."""
     if not _NAME.fullmatch(arch.name):
         return [f"name {arch.name!r} must be 1 to 63 lowercase letters, digits or '_', starting with a letter"]
