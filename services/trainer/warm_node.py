@@ -148,9 +148,9 @@ class WarmNode:
     """Runs ``flower-supernode`` with ``--isolation process`` and launches its ClientApps."""
 
     supernode_args: list[str]
-    address: str = ""
-    supernode: subprocess.Popen | None = None
-    tasks: set[int] = field(default_factory=set)
+    address: str = field(init=False)  # the SuperNode's Runtime API, from its flags
+    supernode: subprocess.Popen | None = field(default=None, init=False)
+    tasks: set[int] = field(default_factory=set, init=False)  # running ClientApps' pids
 
     def __post_init__(self) -> None:
         self.address = runtime_address(self.supernode_args)
