@@ -57,9 +57,9 @@ def backdoor_success(store: LocalStore, checkpoint: str, task: TaskConfig) -> fl
     model = arch.factory()
     model.load_state_dict(decode_state_dict(store.get(checkpoint), checkpoint))
     model.eval()
-    test = load_pool(task.data_dir, task.test_fraction, task.seed, task.max_samples).test
+    test = load_pool(task.dataset, task.data_dir, arch, task.test_fraction, task.seed, task.max_samples).test
     others = test.labels != BACKDOOR_TARGET
-    pixels = torch.from_numpy(stamp_trigger(test.images[others])).float()[:, None] / 255.0
+    pixels = torch.from_numpy(stamp_trigger(test.images[others])).float() / 255.0
     with torch.no_grad():
         predicted = model((pixels - arch.mean[0]) / arch.std[0]).argmax(dim=1)
     return float((predicted == BACKDOOR_TARGET).float().mean())

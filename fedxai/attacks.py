@@ -19,14 +19,14 @@ ATTACKS = ("none", "label-flip", "backdoor")
 FLIPPED = {7: 1, 1: 7}
 BACKDOOR_TARGET = 0
 BACKDOOR_SHARE = 0.3
-# The trigger: a 4x4 white square near the bottom-right corner, where digits never reach.
-TRIGGER = (slice(23, 27), slice(23, 27))
+# The trigger: a 4x4 white square one pixel off the bottom-right corner, where digits never reach.
+TRIGGER = (slice(-5, -1), slice(-5, -1))
 
 
 def stamp_trigger(images: np.ndarray) -> np.ndarray:
-    """Copies of (N, 28, 28) uint8 images with the backdoor trigger on them."""
+    """Copies of (N, C, H, W) or (N, H, W) uint8 images with the backdoor trigger on them."""
     stamped = images.copy()
-    stamped[:, TRIGGER[0], TRIGGER[1]] = 255
+    stamped[..., TRIGGER[0], TRIGGER[1]] = 255
     return stamped
 
 

@@ -1,4 +1,4 @@
-"""MNIST for the federation: the pool, the server's held-out test set, and each
+"""The federation's data: the pool, the server's held-out test set, and each
 node's partition with its train/validation split.
 
 Every split is a pure function of the data and a seed, so the aggregator and the
@@ -7,89 +7,83 @@ trainers agree on who holds what, and a node gets the same data every round.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from fedxai.mnist import SPLITS, available_splits, load_split
+from fedxai.datasets import Dataset, get_data_source, read_class_folders
+from fedxai.mnist import available_splits, load_split
+from fedxai.models import Architecture
 
 MIN_PARTITION_SIZE = 2
-# Where MNIST is downloaded when no data-dir is given.
-DEFAULT_CACHE_DIR = Path("~/.cache/fedxai/mnist")
-
-
-@dataclass(frozen=True)
-class Dataset:
-    images: np.ndarray  # (N, 28, 28) uint8
-    labels: np.ndarray  # (N,) int64
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, indices: np.ndarray) -> Dataset:
-        return Dataset(self.images[indices], self.labels[indices])
+# ITU-R BT.601 luma, for colour images given to a greyscale model.
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 @dataclass(frozen=True)
 class Pool:
-    """What the trainers partition, and what the aggregator keeps for itself."""
+    """What the trainers partition, and what the aggregator keeps for itself,
+    already in the architecture's input shape."""
 
     federated: Dataset
     test: Dataset
+    class_names: tuple[str, ...]
 
 
-def load_pool(data_dir: str, test_fraction: float, seed: int, max_samples: int = 0) -> Pool:
-    """MNIST from IDX files in ``data_dir``, or downloaded once into a cache when empty.
+def load_pool(
+    dataset: str, data_dir: str, arch: Architecture, test_fraction: float, seed: int, max_samples: int = 0
+) -> Pool:
+    """The images of data source ``dataset`` from ``data_dir`` (empty: its default place).
 
-    With both splits, the trainers share the train split and the aggregator tests
-    on the test split. With one split, it is the pool: ``test_fraction`` of it is
-    held out for the aggregator. ``max_samples`` (0: all) caps each part, for
-    quick runs.
+    With a train and a test split, the trainers share the train split and the
+    aggregator tests on the test split. With one split, it is the pool:
+    ``test_fraction`` of it is held out for the aggregator. ``max_samples`` (0: all)
+    caps each part, for quick runs. Images are converted to ``arch``'s channels and
+    size; the source's classes must be the architecture's outputs.
     """
-    directory = Path(data_dir) if data_dir else ensure_downloaded(DEFAULT_CACHE_DIR.expanduser())
-    splits = available_splits(directory) if directory.is_dir() else []
-    if not splits:
-        raise FileNotFoundError(
-            f"data-dir {directory}: no MNIST IDX files (t10k-/train-images-idx3-ubyte[.gz] and the matching labels)"
+    loaded = get_data_source(dataset).load(data_dir, arch.input_shape)
+    classes = len(loaded.class_names)
+    if classes != arch.num_classes:
+        raise ValueError(
+            f"dataset {dataset} has {classes} classes; architecture {arch.name} has {arch.num_classes} outputs"
         )
-    loaded = {split: Dataset(*load_split(directory, split)) for split in splits}
-    if "train" in loaded and "test" in loaded:
-        federated, test = loaded["train"], loaded["test"]
+    for split, data in loaded.splits.items():
+        if len(data) and not 0 <= int(data.labels.min()) <= int(data.labels.max()) < classes:
+            raise ValueError(f"dataset {dataset}: {split} labels lie outside [0, {classes})")
+    if "train" in loaded.splits and "test" in loaded.splits:
+        federated, test = loaded.splits["train"], loaded.splits["test"]
     else:
-        (pool,) = loaded.values()
+        (pool,) = loaded.splits.values()
         order = np.random.default_rng(seed).permutation(len(pool))
         held_out = max(1, round(len(pool) * test_fraction))
         federated, test = pool.subset(np.sort(order[held_out:])), pool.subset(np.sort(order[:held_out]))
     if max_samples:
         federated = federated.subset(np.arange(min(max_samples, len(federated))))
         test = test.subset(np.arange(min(max_samples, len(test))))
-    return Pool(federated, test)
+    return Pool(fit_to(federated, arch.input_shape), fit_to(test, arch.input_shape), loaded.class_names)
 
 
-def ensure_downloaded(directory: Path) -> Path:
-    """``directory`` holding MNIST's IDX files, downloaded by torchvision unless already there."""
-    if len(available_splits(directory)) == len(SPLITS):
-        return directory
-    from torchvision.datasets import MNIST  # only for the download: keeps node start-up light
+def fit_to(data: Dataset, input_shape: tuple[int, int, int]) -> Dataset:
+    """``data`` with ``input_shape``'s channels (grey copied into RGB, RGB to its
+    luma) and size (resized bilinearly)."""
+    channels, height, width = input_shape
+    images = data.images
+    if images.shape[1] != channels:
+        if (images.shape[1], channels) == (1, 3):
+            images = np.repeat(images, 3, axis=1)
+        elif (images.shape[1], channels) == (3, 1):
+            luma = np.tensordot(LUMA, images.astype(np.float32), axes=([0], [1]))
+            images = np.rint(luma)[:, None].astype(np.uint8)
+        else:
+            raise ValueError(f"images with {images.shape[1]} channels cannot be given to a {channels}-channel model")
+    if images.shape[2:] != (height, width):
+        import torch  # only when sizes differ
+        import torch.nn.functional as F
 
-    directory.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        for train in (True, False):
-            try:
-                MNIST(root=tmp, train=train, download=True)
-            except RuntimeError as error:  # torchvision's "Error downloading ..."
-                raise FileNotFoundError(
-                    f"MNIST is not in {directory} and could not be downloaded ({error}); "
-                    "pass a data-dir holding the IDX files"
-                ) from None
-        # Labels last: a split counts as present once its labels are, so a reader
-        # never sees a split whose images are still missing.
-        for path in sorted((Path(tmp) / "MNIST" / "raw").glob("*-ubyte.gz"), key=lambda p: "labels" in p.name):
-            shutil.move(path, directory / path.name)
-    return directory
+        resized = F.interpolate(torch.from_numpy(images).float(), size=(height, width), mode="bilinear", antialias=True)
+        images = resized.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return data if images is data.images else Dataset(images, data.labels)
 
 
 def partition(data: Dataset, partition_id: int, num_partitions: int, scheme: str, alpha: float, seed: int) -> Dataset:
@@ -133,11 +127,11 @@ def train_validation_split(data: Dataset, validation_fraction: float, seed: int)
     return data.subset(np.sort(order[held_out:])), data.subset(np.sort(order[:held_out]))
 
 
-def probe_set(held_out: Dataset, probe_dir: str, per_class: int, seed: int) -> Dataset:
+def probe_set(pool: Pool, probe_dir: str, per_class: int, seed: int) -> Dataset:
     """The public images on which the aggregator compares models: ``per_class``
     images of every class, drawn with ``seed`` from ``probe_dir`` or, when it is
     empty, from the aggregator's held-out split. The same images every round."""
-    source = _read_probe_dir(Path(probe_dir)) if probe_dir else held_out
+    source = _read_probe_dir(Path(probe_dir), pool) if probe_dir else pool.test
     rng = np.random.default_rng(seed)
     chosen = [
         np.sort(rng.choice(members, size=min(per_class, len(members)), replace=False))
@@ -146,29 +140,21 @@ def probe_set(held_out: Dataset, probe_dir: str, per_class: int, seed: int) -> D
     return source.subset(np.concatenate(chosen))
 
 
-def _read_probe_dir(directory: Path) -> Dataset:
-    """IDX files (the test split when there are both), or 28x28 greyscale PNG/JPEG
-    images in one subfolder per class named by its label (``3/any-name.png``)."""
+def _read_probe_dir(directory: Path, pool: Pool) -> Dataset:
+    """IDX files (the test split when there are both), or images in one subfolder
+    per class, named by its label or its class name (``3/``, ``Trouser/``)."""
     if not directory.is_dir():
         raise FileNotFoundError(f"probe-dir {directory} is not a folder")
+    shape = pool.test.images.shape[1:]
+    input_shape = (int(shape[0]), int(shape[1]), int(shape[2]))
     splits = available_splits(directory)
     if splits:
-        return Dataset(*load_split(directory, "test" if "test" in splits else splits[0]))
-    from PIL import Image  # only for a folder of images
-
-    images, labels = [], []
-    for folder in sorted(p for p in directory.iterdir() if p.is_dir() and p.name.isdigit()):
-        for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
-                continue
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("L"))
-            if pixels.shape != (28, 28):
-                raise ValueError(f"probe-dir image {path} is {pixels.shape[1]}x{pixels.shape[0]}, not 28x28")
-            images.append(pixels)
-            labels.append(int(folder.name))
-    if not images:
+        return fit_to(Dataset(*load_split(directory, "test" if "test" in splits else splits[0])), input_shape)
+    labels = {name: label for label, name in enumerate(pool.class_names)}
+    labels.update({str(label): label for label in range(len(pool.class_names))})
+    try:
+        return read_class_folders(directory, input_shape, labels.get)
+    except FileNotFoundError:
         raise FileNotFoundError(
-            f"probe-dir {directory}: no MNIST IDX files and no PNG/JPEG images in class folders (0/, 1/, ...)"
-        )
-    return Dataset(np.stack(images), np.array(labels, dtype=np.int64))
+            f"probe-dir {directory}: no IDX files and no images in class folders (0/, 1/, ... or by class name)"
+        ) from None

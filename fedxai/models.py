@@ -21,14 +21,10 @@ import torch
 from torch import nn
 
 from fedxai.errors import InvalidArgument
-from fedxai.settings import SettingsError
+from fedxai.plugins import PluginError, load_plugin, plugin_label
 
 ARCHITECTURE_PLUGINS = "fedxai.architectures"
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
-
-
-class PluginError(SettingsError):
-    """An installed architecture plugin cannot be used; the message names it and says why."""
 
 
 class MnistCnn(nn.Module):
@@ -141,25 +137,16 @@ def architectures() -> Mapping[str, Architecture]:
     for entry in sorted(entry_points(group=ARCHITECTURE_PLUGINS), key=lambda e: e.name):
         arch = _plugin(entry)
         if arch.name in found:
-            raise PluginError(f"architecture plugin {entry.name!r} ({entry.value}): the name {arch.name!r} is taken")
+            raise PluginError(f"{plugin_label('architecture', entry)}: the name {arch.name!r} is taken")
         found[arch.name] = arch
     return MappingProxyType(found)
 
 
 def _plugin(entry: EntryPoint) -> Architecture:
-    where = f"architecture plugin {entry.name!r} ({entry.value})"
-    try:
-        arch = entry.load()
-    except Exception as error:  # whatever importing the plugin raises, reported with its name
-        raise PluginError(f"{where} cannot be imported: {type(error).__name__}: {error}") from error
-    if not isinstance(arch, Architecture):
-        raise PluginError(f"{where} is a {type(arch).__name__}, not a fedxai.models.Architecture")
-    if arch.name != entry.name:
-        raise PluginError(f"{where} names itself {arch.name!r}: the entry point's name must be the same")
+    arch, provider = load_plugin(entry, "architecture", Architecture)
     problems = _architecture_problems(arch)
     if problems:
-        raise PluginError(f"{where}: " + "; ".join(problems))
-    provider = f"{entry.dist.name} {entry.dist.version}" if entry.dist is not None else entry.module
+        raise PluginError(f"{plugin_label('architecture', entry)}: " + "; ".join(problems))
     return dataclasses.replace(arch, provided_by=provider)
 
 

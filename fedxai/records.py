@@ -79,6 +79,8 @@ class RunRecord(TypedDict):
     updated_at: str
     finished_at: str | None
     config: dict[str, Any]  # the task settings (Flower's run config)
+    # What a person reads for each label, in label order (runs before names existed have none).
+    class_names: NotRequired[list[str]]
     rounds: list[RoundRecord]
     probe: NotRequired[dict[str, Any]]  # how the probe set was made and compared
     # Each time the run was continued (`fedxai run --resume`): after which round, and when.
@@ -88,9 +90,11 @@ class RunRecord(TypedDict):
 class ManifestImage(TypedDict):
     key: str
     label: int
+    class_name: NotRequired[str]  # what a person reads for the label ("Trouser")
     sample_index: int
     sample_sha256: NotRequired[str]  # of the input's pixels
     predicted_class: int
+    predicted_class_name: NotRequired[str]
     probability: float
     explained_class: int
     method: str

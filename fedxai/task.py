@@ -89,6 +89,8 @@ class TaskConfig:
     explainer_timeout: float
     explainer_ca_file: str
     architecture: str
+    # A data source (fedxai.datasets) and the folder it reads; empty: its default place.
+    dataset: str
     data_dir: str
     max_samples: int
     partitioning: str
@@ -161,11 +163,11 @@ class TaskConfig:
         for name in ("samples-per-class", "probe-per-class"):
             if getattr(self, name.replace("-", "_")) > MAX_SAMPLES_PER_CLASS:
                 raise SettingsError(f"{name} must be at most {MAX_SAMPLES_PER_CLASS}")
+        from fedxai.datasets import data_sources
         from fedxai.models import architectures  # torch is imported only when a task is checked
 
-        # The federation learns MNIST: only architectures for 1x28x28 input fit.
-        fitting = tuple(name for name, arch in architectures().items() if arch.input_shape == (1, 28, 28))
-        _choice("architecture", self.architecture, fitting)
+        _choice("architecture", self.architecture, tuple(architectures()))
+        _choice("dataset", self.dataset, tuple(data_sources()))
 
 
 def validate_id_setting(name: str, value: str, *, client: bool = False) -> None:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import uvicorn
 
+from fedxai.data import Dataset, Pool
 from fedxai.storage import ObjectStore, read_document
 from fedxai.task import TaskConfig
 from fedxai.tensors import tensor_to_proto
@@ -47,6 +48,11 @@ def serving(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def digits_pool(held_out: Dataset) -> Pool:
+    """A pool of which the aggregator holds ``held_out``: what a probe set is drawn from."""
+    return Pool(held_out, held_out, tuple(str(digit) for digit in range(10)))
 
 
 def task_config(**settings: object) -> TaskConfig:

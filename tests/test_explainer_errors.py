@@ -87,6 +87,24 @@ BAD_REQUESTS = [
         INVALID,
         "inline_model.architecture: unknown architecture 'resnet9000' (known: cifar10_cnn, mnist_cnn, tiny_rgb_net)",
     ),
+    (
+        "too few class names",
+        lambda r, w: r.class_names.extend(["T-shirt", "Trouser"]),
+        INVALID,
+        "class_names: 2 names for the 10 classes of mnist_cnn",
+    ),
+    (
+        "class name with a control character",
+        lambda r, w: r.class_names.extend([*map(str, range(3)), "three\x1b[2J", *map(str, range(4, 10))]),
+        INVALID,
+        "class_names[3]: must be 1 to 40 printable characters, not all spaces",
+    ),
+    (
+        "class name too long",
+        lambda r, w: r.class_names.extend([*map(str, range(9)), "n" * 41]),
+        INVALID,
+        "class_names[9]: must be 1 to 40 printable characters",
+    ),
     ("method", lambda r, w: setattr(r, "method", 42), INVALID, "method: unknown CAM method 42"),
     ("target", lambda r, w: setattr(r, "target", 9), INVALID, "target: unknown target class mode 9"),
     (

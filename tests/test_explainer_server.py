@@ -259,6 +259,24 @@ def test_list_explanations_filters_by_task_round_and_client(stub, digits, mnist_
     assert {(e.task_id, e.round, e.client_id, e.method) for e in listed} == {("xaitest", 2, "client-0", "Grad-CAM")}
 
 
+def test_class_names_of_the_call_go_into_the_manifest_and_the_listing(stub, local_store, digits, mnist_weights):
+    images, labels = digits
+    names = ["nought", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    request = explain_request(images[:20], labels[:20], mnist_weights)
+    request.class_names.extend(names)
+    manifest = json.loads(local_store.get(stub.Explain(request, timeout=60).manifest_key))
+    for entry in manifest["images"]:
+        assert entry["class_name"] == names[entry["label"]]
+        assert entry["predicted_class_name"] == names[entry["predicted_class"]]
+        assert entry["key"].endswith(f"gradcam_class_{entry['label']}.jpg"), "file names keep the label"
+    listed = stub.ListExplanations(pb.ListExplanationsRequest(task_id="xaitest"), timeout=10).explanations
+    assert {(e.label, e.class_name) for e in listed} == {(e["label"], e["class_name"]) for e in manifest["images"]}
+    # Without names, the architecture's: the digit itself for mnist_cnn.
+    stub.Explain(explain_request(images[:20], labels[:20], mnist_weights, round=2), timeout=60)
+    listed = stub.ListExplanations(pb.ListExplanationsRequest(task_id="xaitest", round=2), timeout=10).explanations
+    assert {e.class_name for e in listed} == {str(e.label) for e in listed}
+
+
 def test_get_info_describes_methods_architectures_and_limits(stub):
     info = stub.GetInfo(pb.GetInfoRequest(), timeout=10)
     assert "CAM_METHOD_GRAD_CAM" in info.methods and "CAM_METHOD_LAYER_CAM" in info.methods

@@ -15,7 +15,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedxai.attacks import BACKDOOR_SHARE, BACKDOOR_TARGET, TRIGGER, poison
-from fedxai.data import Dataset, probe_set
+from fedxai.data import Dataset, Pool, probe_set
 from fedxai.models import architectures
 from fedxai.settings import ExplainerSettings
 from fedxai.storage import LocalStore
@@ -33,6 +33,7 @@ from tests.helpers import (
     RUN_DIR,
     TRAINED_ON,
     decode_jpeg,
+    digits_pool,
     explain_request,
     perturbed,
     task_config,
@@ -71,7 +72,7 @@ class Recorded:
 
 
 def test_the_probe_set_is_fixed_and_balanced(mnist):
-    data = held_out(mnist)
+    data = digits_pool(held_out(mnist))
     probe = probe_set(data, "", 8, seed=42)
     assert len(probe) == 80
     assert np.bincount(probe.labels).tolist() == [8] * 10
@@ -86,17 +87,30 @@ def test_a_folder_of_class_images_is_a_probe_set(tmp_path, mnist):
         folder = tmp_path / "probe" / str(labels[index])
         folder.mkdir(parents=True, exist_ok=True)
         assert cv2.imwrite(str(folder / f"{index}.png"), images[index])
-    probe = probe_set(held_out(mnist), str(tmp_path / "probe"), 2, seed=0)
+    probe = probe_set(digits_pool(held_out(mnist)), str(tmp_path / "probe"), 2, seed=0)
     assert sorted(set(probe.labels.tolist())) == sorted(set(labels[:30].tolist()))
     assert all(count <= 2 for count in np.bincount(probe.labels))
     for image, label in zip(probe.images, probe.labels, strict=True):  # each one read back as it was written
-        assert any(np.array_equal(image, images[i]) for i in range(30) if labels[i] == label)
+        assert any(np.array_equal(image[0], images[i]) for i in range(30) if labels[i] == label)
 
-    assert cv2.imwrite(str(tmp_path / "probe" / "3" / "big.png"), np.zeros((32, 32), np.uint8))
-    with pytest.raises(ValueError, match=r"big.png is 32x32, not 28x28"):
-        probe_set(held_out(mnist), str(tmp_path / "probe"), 2, seed=0)
-    with pytest.raises(FileNotFoundError, match="no MNIST IDX files and no PNG/JPEG images"):
-        probe_set(held_out(mnist), str(tmp_path), 2, seed=0)
+    # Another size is resized; a folder named by the class works as one named by the label.
+    (tmp_path / "probe" / "3").mkdir(exist_ok=True)
+    assert cv2.imwrite(str(tmp_path / "probe" / "3" / "big.png"), np.full((56, 56, 3), 255, np.uint8))
+    pool = Pool(
+        held_out(mnist),
+        held_out(mnist),
+        ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"),
+    )
+    (tmp_path / "probe" / "3").rename(tmp_path / "probe" / "three")
+    probe = probe_set(pool, str(tmp_path / "probe"), 64, seed=0)
+    big = probe.images[(probe.images == 255).all(axis=(1, 2, 3))]
+    assert big.shape == (1, 1, 28, 28) and 3 in probe.labels
+    (tmp_path / "probe" / "thirty").mkdir()
+    assert cv2.imwrite(str(tmp_path / "probe" / "thirty" / "x.png"), images[0])
+    with pytest.raises(ValueError, match="'thirty' is not one of the dataset's classes"):
+        probe_set(pool, str(tmp_path / "probe"), 2, seed=0)
+    with pytest.raises(FileNotFoundError, match="no IDX files and no images in class folders"):
+        probe_set(pool, str(tmp_path / "probe" / "thirty"), 2, seed=0)
 
 
 def test_attacks_change_only_what_they_say(mnist):
@@ -110,9 +124,9 @@ def test_attacks_change_only_what_they_say(mnist):
     assert np.array_equal(flipped.images, data.images)
 
     backdoored = poison(data, "backdoor", seed=0)
-    stamped = np.flatnonzero((backdoored.images != data.images).any(axis=(1, 2)))
+    stamped = np.flatnonzero((backdoored.images != data.images).any(axis=(1, 2, 3)))
     assert len(stamped) == pytest.approx(BACKDOOR_SHARE * len(data), abs=1)
-    assert (backdoored.images[stamped][:, TRIGGER[0], TRIGGER[1]] == 255).all()
+    assert (backdoored.images[stamped][..., TRIGGER[0], TRIGGER[1]] == 255).all()
     assert (backdoored.labels[stamped] == BACKDOOR_TARGET).all()
     untouched = np.setdiff1d(np.arange(len(data)), stamped)
     assert np.array_equal(backdoored.labels[untouched], data.labels[untouched])
@@ -180,7 +194,7 @@ def explained_round(
     store.check()
     server = create_server(ExplainerSettings(address="127.0.0.1:0"), store)
     task = task_for(server.port)
-    probe = probe_set(held_out(mnist), "", 8, seed=42)
+    probe = probe_set(digits_pool(held_out(mnist)), "", 8, seed=42)
     recorder = RunRecorder(store, task, ARCH, held_out(mnist))
     maps = RoundMaps(probe.labels, task.flag_threshold, recorder.record_comparison)
     prober = ProbeExplainer(task, ARCH, probe, root / "aggregator", maps)
@@ -248,7 +262,7 @@ def test_requests_wait_in_the_outbox_while_the_explainer_is_away(mnist, updates,
     store.check()
     port = free_port()
     task = task_for(port)
-    probe = probe_set(held_out(mnist), "", 4, seed=42)
+    probe = probe_set(digits_pool(held_out(mnist)), "", 4, seed=42)
     recorded = Recorded()
     prober = ProbeExplainer(task, ARCH, probe, tmp_path / "aggregator", RoundMaps(probe.labels, 3.5, recorded))
     global_state = trained_mnist_cnn.state_dict()

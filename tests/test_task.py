@@ -57,7 +57,7 @@ def test_override_values_are_toml_with_bare_words_as_strings():
         ({"task-name": "../x"}, "task-name: '../x' is not a valid id"),
         ({"explainer-address": "nohost"}, "explainer-address='nohost' is not HOST:PORT"),
         ({"architecture": "vgg"}, "architecture='vgg' is not one of"),
-        ({"architecture": "cifar10_cnn"}, "architecture='cifar10_cnn' is not one of mnist_cnn"),
+        ({"dataset": "cifar100"}, "dataset='cifar100' is not one of mnist, fashion-mnist, image-folder"),
         ({"samples-per-class": 65}, "samples-per-class must be at most 64"),
     ],
 )

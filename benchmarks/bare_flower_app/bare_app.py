@@ -26,7 +26,7 @@ server = ServerApp()
 def _local(msg: Message, context: Context):
     config = context.run_config
     partition_id, partitions = int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
-    pool = load_pool(str(config["data-dir"]), 0.2, int(config["seed"]), int(config["max-samples"]))
+    pool = load_pool("mnist", str(config["data-dir"]), ARCH, 0.2, int(config["seed"]), int(config["max-samples"]))
     share = partition(pool.federated, partition_id, partitions, "iid", 0.5, int(config["seed"]))
     train_data, validation = train_validation_split(share, 0.2, int(config["seed"]) + partition_id)
     model = ARCH.factory()

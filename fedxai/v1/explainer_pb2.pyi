@@ -107,7 +107,7 @@ class Normalization(_message.Message):
     def __init__(self, mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ExplainRequest(_message.Message):
-    __slots__ = ("task_id", "round", "client_id", "subject", "run_id", "inline_model", "model_ref", "tensor", "images", "labels", "normalization", "method", "target_layer", "target", "store", "scoring")
+    __slots__ = ("task_id", "round", "client_id", "subject", "run_id", "inline_model", "model_ref", "tensor", "images", "labels", "normalization", "method", "target_layer", "target", "store", "scoring", "class_names")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +124,7 @@ class ExplainRequest(_message.Message):
     TARGET_FIELD_NUMBER: _ClassVar[int]
     STORE_FIELD_NUMBER: _ClassVar[int]
     SCORING_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAMES_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     round: int
     client_id: str
@@ -140,7 +141,8 @@ class ExplainRequest(_message.Message):
     target: TargetClass
     store: bool
     scoring: Scoring
-    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., subject: _Optional[_Union[Subject, str]] = ..., run_id: _Optional[str] = ..., inline_model: _Optional[_Union[InlineModel, _Mapping]] = ..., model_ref: _Optional[_Union[ModelRef, _Mapping]] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., target_layer: _Optional[str] = ..., target: _Optional[_Union[TargetClass, str]] = ..., store: _Optional[bool] = ..., scoring: _Optional[_Union[Scoring, str]] = ...) -> None: ...
+    class_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., subject: _Optional[_Union[Subject, str]] = ..., run_id: _Optional[str] = ..., inline_model: _Optional[_Union[InlineModel, _Mapping]] = ..., model_ref: _Optional[_Union[ModelRef, _Mapping]] = ..., tensor: _Optional[_Union[Tensor, _Mapping]] = ..., images: _Optional[_Union[EncodedImages, _Mapping]] = ..., labels: _Optional[_Iterable[int]] = ..., normalization: _Optional[_Union[Normalization, _Mapping]] = ..., method: _Optional[_Union[CamMethod, str]] = ..., target_layer: _Optional[str] = ..., target: _Optional[_Union[TargetClass, str]] = ..., store: _Optional[bool] = ..., scoring: _Optional[_Union[Scoring, str]] = ..., class_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SampleExplanation(_message.Message):
     __slots__ = ("index", "true_label", "predicted_class", "probability", "explained_class", "cam_max", "cam_mean", "degenerate", "cam_height", "cam_width", "cam", "method", "weak")
@@ -287,7 +289,7 @@ class Comparison(_message.Message):
     def __init__(self, distance_to_global: _Optional[float] = ..., distance_to_clients: _Optional[float] = ..., z_score: _Optional[float] = ..., flagged: _Optional[bool] = ..., drift: _Optional[float] = ...) -> None: ...
 
 class StoredExplanation(_message.Message):
-    __slots__ = ("key", "url", "task_id", "round", "client_id", "label", "predicted_class", "probability", "method", "target_layer", "model_sha256", "cam_max", "cam_mean", "degenerate", "created_at", "weak", "faithfulness", "sanity_spearman", "sanity_passed", "subject", "comparison", "run_id")
+    __slots__ = ("key", "url", "task_id", "round", "client_id", "label", "predicted_class", "probability", "method", "target_layer", "model_sha256", "cam_max", "cam_mean", "degenerate", "created_at", "weak", "faithfulness", "sanity_spearman", "sanity_passed", "subject", "comparison", "run_id", "class_name", "predicted_class_name")
     KEY_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -310,6 +312,8 @@ class StoredExplanation(_message.Message):
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     COMPARISON_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_CLASS_NAME_FIELD_NUMBER: _ClassVar[int]
     key: str
     url: str
     task_id: str
@@ -332,7 +336,9 @@ class StoredExplanation(_message.Message):
     subject: Subject
     comparison: Comparison
     run_id: str
-    def __init__(self, key: _Optional[str] = ..., url: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., label: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ..., cam_max: _Optional[float] = ..., cam_mean: _Optional[float] = ..., degenerate: _Optional[bool] = ..., created_at: _Optional[str] = ..., weak: _Optional[bool] = ..., faithfulness: _Optional[_Iterable[_Union[Faithfulness, _Mapping]]] = ..., sanity_spearman: _Optional[float] = ..., sanity_passed: _Optional[bool] = ..., subject: _Optional[_Union[Subject, str]] = ..., comparison: _Optional[_Union[Comparison, _Mapping]] = ..., run_id: _Optional[str] = ...) -> None: ...
+    class_name: str
+    predicted_class_name: str
+    def __init__(self, key: _Optional[str] = ..., url: _Optional[str] = ..., task_id: _Optional[str] = ..., round: _Optional[int] = ..., client_id: _Optional[str] = ..., label: _Optional[int] = ..., predicted_class: _Optional[int] = ..., probability: _Optional[float] = ..., method: _Optional[str] = ..., target_layer: _Optional[str] = ..., model_sha256: _Optional[str] = ..., cam_max: _Optional[float] = ..., cam_mean: _Optional[float] = ..., degenerate: _Optional[bool] = ..., created_at: _Optional[str] = ..., weak: _Optional[bool] = ..., faithfulness: _Optional[_Iterable[_Union[Faithfulness, _Mapping]]] = ..., sanity_spearman: _Optional[float] = ..., sanity_passed: _Optional[bool] = ..., subject: _Optional[_Union[Subject, str]] = ..., comparison: _Optional[_Union[Comparison, _Mapping]] = ..., run_id: _Optional[str] = ..., class_name: _Optional[str] = ..., predicted_class_name: _Optional[str] = ...) -> None: ...
 
 class ListExplanationsResponse(_message.Message):
     __slots__ = ("explanations",)

@@ -38,6 +38,7 @@ def probe_request(
     subject: pb.Subject,
     client_id: str,
     state_dict: Mapping[str, torch.Tensor],
+    class_names: tuple[str, ...] = (),
 ) -> pb.ExplainRequest:
     return pb.ExplainRequest(
         task_id=task.task_name,
@@ -48,8 +49,9 @@ def probe_request(
         inline_model=pb.InlineModel(
             architecture=arch.name, safetensors=encode_state_dict(dict(state_dict), {"architecture": arch.name})
         ),
-        tensor=tensor_to_proto(np.ascontiguousarray(probe.images[:, None])),
+        tensor=tensor_to_proto(np.ascontiguousarray(probe.images)),
         labels=probe.labels.tolist(),
+        class_names=class_names,
         normalization=pb.Normalization(mean=arch.mean, std=arch.std),
         method=pb.CamMethod.Value(CAM_METHODS[task.probe_cam_method]),
         store=True,
@@ -109,9 +111,17 @@ class ProbeExplainer:
     """Sends the probe requests of a run, one at a time, and hands the replies to ``maps``."""
 
     def __init__(
-        self, task: TaskConfig, arch: Architecture, probe: Dataset, state_dir: Path, maps: RoundMaps, token: str = ""
+        self,
+        task: TaskConfig,
+        arch: Architecture,
+        probe: Dataset,
+        state_dir: Path,
+        maps: RoundMaps,
+        token: str = "",
+        class_names: tuple[str, ...] = (),  # empty: the architecture's
     ) -> None:
         self.task = task
+        self.class_names = class_names
         self.token = token
         self.arch = arch
         self.probe = probe
@@ -121,16 +131,23 @@ class ProbeExplainer:
 
     def explain_updates(self, round_number: int, updates: Mapping[str, Mapping[str, torch.Tensor]]) -> list[Future]:
         return [
-            self._submit(probe_request(self.task, self.arch, self.probe, round_number, pb.SUBJECT_CLIENT_UPDATE, c, u))
-            for c, u in updates.items()
+            self._submit(self._request(round_number, pb.SUBJECT_CLIENT_UPDATE, client, update))
+            for client, update in updates.items()
         ]
 
     def explain_global(
         self, round_number: int, state_dict: Mapping[str, torch.Tensor], checkpoint: tuple[str, str]
     ) -> Future:
-        request = probe_request(self.task, self.arch, self.probe, round_number, pb.SUBJECT_GLOBAL_MODEL, "", state_dict)
+        request = self._request(round_number, pb.SUBJECT_GLOBAL_MODEL, "", state_dict)
         key, sha256 = checkpoint
         return self._submit(request, pb.ModelRef(key=key, architecture=self.arch.name, sha256=sha256))
+
+    def _request(
+        self, round_number: int, subject: pb.Subject, client_id: str, state_dict: Mapping[str, torch.Tensor]
+    ) -> pb.ExplainRequest:
+        return probe_request(
+            self.task, self.arch, self.probe, round_number, subject, client_id, state_dict, self.class_names
+        )
 
     def close(self) -> int:
         """Delivers what is still queued, if the Explainer answers; returns how many

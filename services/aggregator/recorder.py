@@ -81,6 +81,7 @@ class RunRecorder:
         arch: Architecture,
         test_data: Dataset,
         previous: RunRecord | None = None,
+        class_names: tuple[str, ...] = (),  # the dataset's; empty: the architecture's
     ) -> None:
         self.store = store
         self.task = task
@@ -98,6 +99,7 @@ class RunRecorder:
             "finished_at": None,
             "reason": None,  # why a failed run failed
             "config": task.to_run_config(),
+            "class_names": list(class_names or (arch.class_name(label) for label in range(arch.num_classes))),
             "rounds": [],
         }
         self._pending: dict[str, Any] = {}

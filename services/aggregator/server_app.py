@@ -16,7 +16,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.common import log
 from flwr.serverapp import Grid, ServerApp
 
-from fedxai.data import Dataset, load_pool, probe_set
+from fedxai.data import Pool, load_pool, probe_set
 from fedxai.models import Architecture, architectures
 from fedxai.records import RunRecord
 from fedxai.settings import SettingsError, StorageSettings, explainer_token
@@ -34,7 +34,8 @@ STATE_DIR_VARIABLE = "FEDXAI_AGGREGATOR_STATE_DIR"
 DEFAULT_STATE_DIR = Path("~/.cache/fedxai/aggregator")
 
 
-def _probe_explainer(task: TaskConfig, arch: Architecture, probe: Dataset, recorder: RunRecorder) -> ProbeExplainer:
+def _probe_explainer(task: TaskConfig, arch: Architecture, pool: Pool, recorder: RunRecorder) -> ProbeExplainer:
+    probe = probe_set(pool, task.probe_dir, task.probe_per_class, task.seed)
     state_dir = Path(os.environ.get(STATE_DIR_VARIABLE) or DEFAULT_STATE_DIR.expanduser())
     recorder.describe_probe(
         {
@@ -49,7 +50,7 @@ def _probe_explainer(task: TaskConfig, arch: Architecture, probe: Dataset, recor
     )
     maps = RoundMaps(probe.labels, task.flag_threshold, recorder.record_comparison)
     token = explainer_token(os.environ)
-    return ProbeExplainer(task, arch, probe, state_dir / task.task_name, maps, token)
+    return ProbeExplainer(task, arch, probe, state_dir / task.task_name, maps, token, pool.class_names)
 
 
 def _resume_point(store: ObjectStore, task: TaskConfig) -> tuple[RunRecord, ArrayRecord]:
@@ -83,13 +84,11 @@ def main(grid: Grid, context: Context) -> None:
         log(INFO, "run %s continues from its global model of round %d", task.run_id, task.resume_after_round)
     else:
         previous, initial = None, ArrayRecord(arch.factory().state_dict())
-    pool = load_pool(task.data_dir, task.test_fraction, task.seed, task.max_samples)
-    recorder = RunRecorder(store, task, arch, pool.test, previous)
+    pool = load_pool(task.dataset, task.data_dir, arch, task.test_fraction, task.seed, task.max_samples)
+    recorder = RunRecorder(store, task, arch, pool.test, previous, pool.class_names)
     probe = None
     if task.xai_enabled and task.explain_federation:
-        probe = _probe_explainer(
-            task, arch, probe_set(pool.test, task.probe_dir, task.probe_per_class, task.seed), recorder
-        )
+        probe = _probe_explainer(task, arch, pool, recorder)
     strategy = RecordingFedAvg(
         recorder,
         probe,

@@ -27,6 +27,7 @@ import tomli_w
 
 from fedxai.data import load_pool
 from fedxai.errors import StoreError
+from fedxai.models import architectures
 from fedxai.settings import (
     TARGET_SCHEMES,
     TRAINER_STATE_DIR_VARIABLE,
@@ -151,7 +152,14 @@ def preflight(options: RunOptions) -> None:
     if task.attack != "none" and task.attack_client >= options.clients:
         raise SettingsError(f"attack-client {task.attack_client} is not one of the {options.clients} clients")
     try:  # reads the files, or downloads them once here rather than in every node
-        load_pool(task.data_dir, task.test_fraction, task.seed, task.max_samples)
+        load_pool(
+            task.dataset,
+            task.data_dir,
+            architectures()[task.architecture],
+            task.test_fraction,
+            task.seed,
+            task.max_samples,
+        )
     except (FileNotFoundError, ValueError) as error:
         raise SettingsError(str(error)) from None
     if options.start_explainer:
@@ -445,7 +453,8 @@ def run_federation(options: RunOptions, base_env: Mapping[str, str], out: TextIO
     say(
         out,
         f"FedXAI: task {task.task_name}, run {task.run_id}, {options.clients} clients, {task.num_server_rounds} "
-        f"rounds{resuming(task)}, XAI {'on' if task.xai_enabled else 'off'}, storage {where}; logs in "
+        f"rounds{resuming(task)}, {task.architecture} on {task.dataset}, XAI {'on' if task.xai_enabled else 'off'}, "
+        f"storage {where}; logs in "
         f"{children.log_dir}/",
     )
     try:

@@ -216,7 +216,7 @@ def _credentials(args: argparse.Namespace) -> int:
 
 
 def _download_mnist(args: argparse.Namespace) -> int:
-    from fedxai.data import ensure_downloaded
+    from fedxai.datasets import MNIST
     from fedxai.mnist import available_splits
 
     directory = Path(args.directory)
@@ -224,7 +224,7 @@ def _download_mnist(args: argparse.Namespace) -> int:
         sys.stdout.write(f"MNIST IDX files already in {directory}\n")
         return 0
     try:
-        ensure_downloaded(directory)
+        MNIST.download(directory)
     except FileNotFoundError as error:
         raise SettingsError(str(error)) from None
     sys.stdout.write(f"MNIST IDX files in {directory}\n")
@@ -249,7 +249,9 @@ def _add_access_arguments(parser: argparse.ArgumentParser, flag: str, help_text:
 
 def _add_task_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds", type=int, help="federated rounds (task setting num-server-rounds)")
-    parser.add_argument("--data-dir", help="MNIST IDX files; default: download with torchvision")
+    parser.add_argument(
+        "--data-dir", help="the dataset's folder (task setting data-dir); default: the dataset's own place"
+    )
     parser.add_argument(
         "--explainer-address",
         help=f"HOST:PORT of the explainer (default {DEFAULT_EXPLAINER_ADDRESS}), or a gRPC target naming "

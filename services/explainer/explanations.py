@@ -45,6 +45,8 @@ IMAGE_WORKERS = 8  # pictures drawn, encoded and stored at once, across calls
 # (same method) is drawn at full scale from a tiny signal: it is marked weak.
 WEAK_FRACTION = 0.05
 AUTO = "auto"
+# Class names longer than this are cut in captions, so the title fits on the picture.
+CAPTION_NAME = 18
 
 
 @dataclass(frozen=True)
@@ -302,10 +304,13 @@ class DrawingContext:
             return None
         return next(entry for entry in self.sanity.methods if entry.method == method)
 
+    def class_name(self, label: int) -> str:
+        return self.job.class_names[label]
+
     def caption(self, image: pb.ClassImage) -> Caption:
         auto = " (auto)" if image.sample_index in self.selections else ""
         title = (
-            f"class {image.label}  pred {image.predicted_class} ({image.probability:.1%})  "
+            f"{self._named(image.label)}  pred {self._named(image.predicted_class, '')} ({image.probability:.1%})  "
             f"{image.method}{auto} @ {self.layer_name}"
         )
         if image.degenerate:
@@ -326,16 +331,25 @@ class DrawingContext:
             warning = warning or not sanity.passed
         return Caption(title, detail, warning)
 
+    def _named(self, label: int, prefix: str = "class ") -> str:
+        """A label as a caption shows it: "class 3" for digits, else its name, cut to fit."""
+        name = self.class_name(label)
+        if name == str(label):
+            return f"{prefix}{label}"
+        return name if len(name) <= CAPTION_NAME else name[: CAPTION_NAME - 2] + ".."
+
     def manifest_entry(self, image: pb.ClassImage) -> ManifestImage:
         job = self.job
         sample = self.samples[image.sample_index]
         entry: ManifestImage = {
             "key": image.key,
             "label": image.label,
+            "class_name": self.class_name(image.label),
             "sample_index": image.sample_index,
             # Which input it is: the page tells when a class's sample changes between rounds.
             "sample_sha256": hashlib.sha256(job.pixels[image.sample_index].numpy().tobytes()).hexdigest(),
             "predicted_class": image.predicted_class,
+            "predicted_class_name": self.class_name(image.predicted_class),
             "probability": round(image.probability, 6),
             "explained_class": sample.explained_class,
             "method": image.method,
@@ -678,7 +692,9 @@ class ExplanationService:
             client_id=folder.client_id,
             subject=SUBJECT_VALUES[folder.subject],
             label=entry["label"],
+            class_name=entry.get("class_name", ""),
             predicted_class=entry["predicted_class"],
+            predicted_class_name=entry.get("predicted_class_name", ""),
             probability=entry["probability"],
             method=entry["method"],
             target_layer=entry["target_layer"],

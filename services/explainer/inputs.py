@@ -37,6 +37,8 @@ class Scoring(enum.Enum):
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+# Captions are a single line over the picture.
+MAX_CLASS_NAME = 40
 _PNG_SAMPLES = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # samples per pixel of each PNG colour type
 MIN_STD, MAX_NORMALISATION = 1e-6, 1e6
 
@@ -60,6 +62,7 @@ class ExplainJob:
     model: LoadedModel
     pixels: torch.Tensor  # (N, C, H, W) float32 in [0, 1]
     labels: torch.Tensor  # (N,) int64
+    class_names: tuple[str, ...]  # one per class of the architecture, in label order
     mean: torch.Tensor  # (C,)
     std: torch.Tensor  # (C,)
     method: type[BaseCAM] | None  # None: CAM_METHOD_AUTO
@@ -108,12 +111,14 @@ def parse_explain_request(
     model = _model(request, store, models)
     pixels = _samples(request, model.architecture, max_batch_size)
     labels = _labels(request, len(pixels), model.architecture.num_classes)
+    class_names = _class_names(request, model.architecture)
     mean, std = _normalisation(request.normalization, model.architecture)
     return ExplainJob(
         folder=Folder(request.task_id, request.run_id, request.round, subject, request.client_id),
         model=model,
         pixels=pixels,
         labels=labels,
+        class_names=class_names,
         mean=mean,
         std=std,
         method=method,
@@ -163,6 +168,22 @@ def _load(models: ModelCache, architecture: Architecture, data: bytes, field: st
         return known
     state = decode_state_dict(data, field)
     return models.add(LoadedModel(sha256, architecture, state, build_model(architecture, state, field)))
+
+
+def _class_names(request: pb.ExplainRequest, architecture: Architecture) -> tuple[str, ...]:
+    names = tuple(request.class_names)
+    if not names:
+        return tuple(architecture.class_name(label) for label in range(architecture.num_classes))
+    if len(names) != architecture.num_classes:
+        raise InvalidArgument(
+            "class_names", f"{len(names)} names for the {architecture.num_classes} classes of {architecture.name}"
+        )
+    for index, name in enumerate(names):
+        if not name.strip() or len(name) > MAX_CLASS_NAME or not name.isprintable():
+            raise InvalidArgument(
+                f"class_names[{index}]", f"must be 1 to {MAX_CLASS_NAME} printable characters, not all spaces"
+            )
+    return names
 
 
 def _check_batch_size(field: str, count: int, max_batch_size: int) -> None:

@@ -16,7 +16,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fedxai.errors import InvalidArgument
-from fedxai.models import PluginError, architectures
+from fedxai.models import architectures
+from fedxai.plugins import PluginError
 from fedxai.settings import DEFAULT_MAX_MESSAGE_BYTES, ExplainerSettings, SettingsError
 from fedxai.storage import ObjectStore
 from fedxai.v1 import explainer_pb2 as pb

@@ -56,11 +56,26 @@ class Node:
         return cls(partition_id, num_partitions, client_id, state_dir, str(config.get("data-dir", "")))
 
 
-def _setup(msg: Message, context: Context) -> tuple[TaskConfig, Node, Architecture, nn.Module, Dataset, Dataset]:
+@dataclass(frozen=True)
+class Local:
+    """What a message works on: the task, this node, the received model and the node's data."""
+
+    task: TaskConfig
+    node: Node
+    arch: Architecture
+    model: nn.Module
+    train_data: Dataset
+    validation: Dataset
+    class_names: tuple[str, ...]
+
+
+def _setup(msg: Message, context: Context) -> Local:
     task = TaskConfig.from_run_config(context.run_config)
     node = Node.from_node_config(dict(context.node_config), os.environ)
     arch = architectures()[task.architecture]
-    pool = load_pool(node.data_dir or task.data_dir, task.test_fraction, task.seed, task.max_samples)
+    pool = load_pool(
+        task.dataset, node.data_dir or task.data_dir, arch, task.test_fraction, task.seed, task.max_samples
+    )
     share = partition(
         pool.federated,
         node.partition_id,
@@ -72,7 +87,7 @@ def _setup(msg: Message, context: Context) -> tuple[TaskConfig, Node, Architectu
     train_data, validation = train_validation_split(share, task.validation_fraction, task.seed + node.partition_id)
     model = arch.factory()
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    return task, node, arch, model, train_data, validation
+    return Local(task, node, arch, model, train_data, validation, pool.class_names)
 
 
 def _reply(msg: Message, node: Node, metrics: MetricRecord, arrays: ArrayRecord | None = None) -> Message:
@@ -84,7 +99,8 @@ def _reply(msg: Message, node: Node, metrics: MetricRecord, arrays: ArrayRecord 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    task, node, arch, model, train_data, _ = _setup(msg, context)
+    local = _setup(msg, context)
+    task, node, arch, model, train_data = local.task, local.node, local.arch, local.model, local.train_data
     server_round = int(msg.content.config_records["config"]["server-round"])  # type: ignore[arg-type]
     if task.attack != "none" and node.partition_id == task.attack_client:
         train_data = poison(train_data, task.attack, task.seed + node.partition_id)
@@ -113,7 +129,8 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    task, node, arch, model, _, validation = _setup(msg, context)
+    local = _setup(msg, context)
+    task, node, arch, model, validation = local.task, local.node, local.arch, local.model, local.validation
     config = msg.content.config_records["config"]
     server_round = int(config["server-round"])  # type: ignore[arg-type]
     started = time.perf_counter()
@@ -134,6 +151,7 @@ def evaluate(msg: Message, context: Context) -> Message:
                 arch=arch,
                 model=model,
                 data=validation,
+                class_names=local.class_names,
                 per_class=task.samples_per_class,
                 cam_method=CAM_METHODS[task.cam_method],
             )

@@ -29,6 +29,7 @@ def build_request(
     data: Dataset,
     per_class: int,
     cam_method: str,
+    class_names: tuple[str, ...] = (),  # the dataset's; empty: the architecture's
 ) -> pb.ExplainRequest:
     chosen = samples_per_class(data.labels, per_class)
     method = pb.CamMethod.Value(cam_method)
@@ -44,8 +45,9 @@ def build_request(
             architecture=arch.name,
             safetensors=encode_state_dict(model.state_dict(), {"architecture": arch.name}),
         ),
-        tensor=tensor_to_proto(np.ascontiguousarray(data.images[chosen][:, None])),
+        tensor=tensor_to_proto(np.ascontiguousarray(data.images[chosen])),
         labels=data.labels[chosen].tolist(),
+        class_names=class_names,
         normalization=pb.Normalization(mean=arch.mean, std=arch.std),
         method=method,
         store=True,

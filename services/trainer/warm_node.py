@@ -106,16 +106,18 @@ def forget_project_modules() -> None:
 
 
 def check_plugins() -> None:
-    """Refuses an architecture plugin that cannot be used, at the start rather than at the
-    first message. In a forked child: this process must not keep the project's models (nor
+    """Refuses an architecture or dataset plugin that cannot be used, at the start rather
+    than at the first message. In a forked child: this process must not keep the project's models (nor
     the plugins, which would refer to them) for the ClientApps, which load the FAB's."""
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
+            from fedxai.datasets import data_sources
             from fedxai.models import architectures
 
             architectures()
+            data_sources()
             code = 0
         except SettingsError as error:
             sys.stderr.write(f"fedxai: error: {error}\n")

@@ -1,0 +1,41 @@
+"""Loading what installed packages add through entry points: architectures
+(``fedxai.architectures``) and data sources (``fedxai.datasets``)."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+from typing import Any, Protocol, TypeVar
+
+from fedxai.settings import SettingsError
+
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=Named)
+
+
+class PluginError(SettingsError):
+    """An installed plugin cannot be used; the message names it and says why."""
+
+
+def load_plugin(entry: EntryPoint, kind: str, expected: type[T]) -> tuple[T, str]:
+    """The object ``entry`` names, checked to be an ``expected`` whose ``name`` is the
+    entry point's, and the distribution that installed it ("name version")."""
+    where = plugin_label(kind, entry)
+    try:
+        loaded: Any = entry.load()
+    except Exception as error:  # whatever importing the plugin raises, reported with its name
+        raise PluginError(f"{where} cannot be imported: {type(error).__name__}: {error}") from error
+    if not isinstance(loaded, expected):
+        raise PluginError(f"{where} is a {type(loaded).__name__}, not a {expected.__module__}.{expected.__name__}")
+    if loaded.name != entry.name:
+        raise PluginError(f"{where} names itself {loaded.name!r}: the entry point's name must be the same")
+    provider = f"{entry.dist.name} {entry.dist.version}" if entry.dist is not None else entry.module
+    return loaded, provider
+
+
+def plugin_label(kind: str, entry: EntryPoint) -> str:
+    return f"{kind} plugin {entry.name!r} ({entry.value})"
