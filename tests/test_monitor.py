@@ -30,6 +30,7 @@ from tests.helpers import (
     RUN,
     TRAINED_ON,
     decode_jpeg,
+    digits_pool,
     explain_request,
     perturbed,
     serving,
@@ -92,7 +93,14 @@ def filled_store(tmp_path_factory, mnist, mnist_weights, trained_mnist_cnn) -> L
         "updated_at": "2026-11-30T09:02:00+00:00",
         "started_at": "2026-11-30T09:00:00+00:00",
         "finished_at": "2026-11-30T09:02:05+00:00",
-        "config": {"xai-enabled": True, "cam-method": "grad-cam", "samples-per-class": 4, "local-epochs": 1},
+        "config": {
+            "xai-enabled": True,
+            "cam-method": "grad-cam",
+            "samples-per-class": 4,
+            "local-epochs": 1,
+            "architecture": "mnist_cnn",
+            "dataset": "mnist",
+        },
         "rounds": [{**r, "seconds": 40.0 + r["round"]} if r["round"] else r for r in rounds],
     }
     put_metrics(store, "xaitest", RUN, document)
@@ -116,7 +124,7 @@ def write_federated_task(store: LocalStore, service: ExplanationService, mnist, 
     """Task "federated": two rounds of the global model and four updates explained on
     a probe set by the explainer and compared as the aggregator does."""
     images, labels = mnist
-    probe = probe_set(Dataset(images[TRAINED_ON:], labels[TRAINED_ON:]), "", 4, seed=42)
+    probe = probe_set(digits_pool(Dataset(images[TRAINED_ON:], labels[TRAINED_ON:])), "", 4, seed=42)
     task = task_config(task_name="federated")
     compared: dict[int, dict] = {}
     maps = RoundMaps(probe.labels, task.flag_threshold, lambda r, c: compared.setdefault(r, {}).update(c))
@@ -648,6 +656,7 @@ def test_the_page_in_a_real_browser(monitor_url, tmp_path):
     facts_shown = dict(zip(terms, values, strict=True))
     assert facts_shown["duration"] == "2 min 5 s" and facts_shown["seconds per round"] == "41.5 s (median)"
     assert facts_shown["global accuracy"] == "90.0% (before training 10.0%)" and facts_shown["clients"] == "2"
+    assert facts_shown["model"] == "mnist_cnn on mnist"
     (settings,) = dom.nodes("table", id="settings")
     assert ["local-epochs", "1"] in [cells_of(dom, row) for row in dom.nodes("tr", inside=settings)]
 

@@ -310,7 +310,9 @@ def _gallery_entry(entry: dict[str, Any], folder: Folder) -> dict[str, Any]:
         checkpoint = f"/checkpoints/{folder.task_id}/{folder.run_id}/{folder.round}"
     return {
         "label": entry.get("label"),
+        "class_name": entry.get("class_name"),
         "predicted_class": entry.get("predicted_class"),
+        "predicted_class_name": entry.get("predicted_class_name"),
         "probability": entry.get("probability"),
         "method": entry.get("method"),
         "target_layer": entry.get("target_layer"),

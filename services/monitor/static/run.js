@@ -77,10 +77,18 @@ function percent(value) {
   return isNumber(value) ? `${(value * 100).toFixed(1)}%` : "–";
 }
 
-function setOptions(select, values) {
+// `text` shows something else than a value (a class's name for its label).
+function setOptions(select, values, text = (v) => v) {
   const keep = select.value;
-  select.replaceChildren(...values.map((v) => new Option(v, v)));
+  select.replaceChildren(...values.map((v) => new Option(text(v), v)));
   if (values.includes(keep)) select.value = keep;
+}
+
+// The name a person reads for a label ("Trouser"), from the manifest entry or the
+// run's record; null where the name is the label itself (digits).
+function nameOf(label, name) {
+  const given = name || ((data && data.metrics.class_names) || [])[label];
+  return given && given !== String(label) ? given : null;
 }
 
 function signed(value) {
@@ -240,7 +248,9 @@ function figure(image, caption, section, checks) {
 function describe(image) {
   const probability = isNumber(image.probability) ? ` (${(image.probability * 100).toFixed(1)}%)` : "";
   const method = typeof image.method === "string" ? `, ${image.method}` : "";
-  return `class ${image.label}: predicted ${image.predicted_class ?? "?"}${probability}${method}`;
+  const predicted = nameOf(image.predicted_class, image.predicted_class_name) ?? image.predicted_class ?? "?";
+  const actual = nameOf(image.label, image.class_name) ?? `class ${image.label}`;
+  return `${actual}: predicted ${predicted}${probability}${method}`;
 }
 
 // What the scores of one call mean: how removed pixels were filled, and which
@@ -315,7 +325,7 @@ async function drawGallery() {
   const seen = (history || {}).gallery || {};
   const classes = [...new Set(Object.values(seen).flatMap((list) => list.map((i) => String(i.label))))];
   const klass = document.getElementById("class");
-  setOptions(klass, classes.sort(byNumber));
+  setOptions(klass, classes.sort(byNumber), (label) => [label, nameOf(Number(label))].filter(Boolean).join(" "));
   let previous = null;
   const across = Object.keys(seen).sort(byNumber).flatMap((r) =>
     seen[r].filter((i) => String(i.label) === klass.value).map((i) => {
@@ -386,7 +396,8 @@ function drawFederation(rounds) {
       const row = body.insertRow();
       row.className = c.flagged ? "flagged" : "";
       cell(row, r.round); cell(row, client); cell(row, c.flagged ? "yes" : "no");
-      cell(row, (c.flag_classes || []).join(", ")); cell(row, largest(c.z_score), 1);
+      cell(row, (c.flag_classes || []).map((label) => nameOf(label) ?? label).join(", "));
+      cell(row, largest(c.z_score), 1);
       cell(row, mean(c.distance_to_clients), 3); cell(row, mean(c.distance_to_global), 3);
       cell(row, isNumber(w.z_score) ? `${w.z_score.toFixed(1)}${w.flagged ? " flagged" : ""}` : null);
       cell(row, (r.excluded || []).includes(client) ? "left out" : "yes");
@@ -465,6 +476,8 @@ function drawOverview() {
     ["duration", s.duration],
     ["seconds per round", s.seconds_per_round === null ? "–" : `${s.seconds_per_round.toFixed(1)} s (median)`],
     ["clients", String(clients.size)],
+    // Runs recorded before datasets had names learnt MNIST.
+    ["model", `${config.architecture || "?"} on ${config.dataset || "mnist"}`],
     ["global accuracy", `${percent(s.accuracy)} (before training ${percent(((m.rounds || [])[0] || { global: {} }).global.accuracy)})`],
     ["explanations", config["xai-enabled"] === false ? "off" : `${config["cam-method"] || "?"}, ${config["samples-per-class"] || "?"} samples per class`],
     ...(m.resumed || []).map((r) => ["continued", `after round ${r.after_round}, ${(r.at || "").replace("T", " ").replace("+00:00", " UTC")}`]),
