@@ -1,23 +1,33 @@
-"""Architectures from installed packages (entry points in `fedxai.architectures`): the
-example plugin in examples/ is installed with the project; broken ones stop a command at
-its start with a message that names the plugin and what is wrong."""
+"""Architectures and datasets from installed packages (entry points in
+`fedxai.architectures` and `fedxai.datasets`): the example plugin in examples/ is
+installed with the project; broken ones stop a command at its start with a message that
+names the plugin and what is wrong. A federated run learns Fashion-MNIST with the
+plugin's 3-channel net and names the classes in what it stores."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import textwrap
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fedxai.datasets import FASHION_MNIST
 from fedxai.models import architectures
+from fedxai.storage import LocalStore
 from fedxai.tensors import encode_state_dict, tensor_to_proto
 from fedxai.v1 import explainer_pb2 as pb
 from services.explainer.cam import target_layers
-from tests.helpers import FEDXAI, RUN, decode_jpeg
+from services.monitor.app import create_app
+from tests.conftest import free_port
+from tests.helpers import FEDXAI, RUN, decode_jpeg, serving
+from tests.test_monitor import CHROMIUM, dump_dom
 
 PLUGIN = "tiny_rgb_net"
 
@@ -101,13 +111,13 @@ BROKEN = {
 }
 
 
-def install_broken_plugin(where: Path, source: str) -> dict[str, str]:
-    """A distribution on PYTHONPATH whose entry point `broken_net` loads broken_plugin:ARCH."""
+def install_broken_plugin(where: Path, source: str, group: str = "fedxai.architectures") -> dict[str, str]:
+    """A distribution on PYTHONPATH whose entry point `broken_net` in ``group`` loads broken_plugin:ARCH."""
     (where / "broken_plugin.py").write_text(textwrap.dedent(source))
     info = where / "broken_plugin-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[fedxai.architectures]\nbroken_net = broken_plugin:ARCH\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\nbroken_net = broken_plugin:ARCH\n")
     return {"PYTHONPATH": str(where), "PATH": "/usr/bin:/bin"}
 
 
@@ -137,3 +147,66 @@ def test_run_and_trainer_refuse_a_broken_plugin_before_starting_anything(tmp_pat
     assert result.returncode == 2, result.stdout + result.stderr
     assert "architecture plugin 'broken_net' (broken_plugin:ARCH) cannot be imported" in result.stderr
     assert not (tmp_path / "w" / "logs").exists(), "nothing was started"
+
+
+@pytest.mark.parametrize(
+    "command", [["run", "--dry-run"], ["trainer", "--", "--insecure", "--superlink", "127.0.0.1:9"]], ids=str
+)
+def test_run_and_trainer_refuse_a_broken_dataset_plugin_before_starting_anything(tmp_path, command):
+    env = install_broken_plugin(tmp_path, "ARCH = 'images'", group="fedxai.datasets")
+    result = subprocess.run(
+        [FEDXAI, *command, *(["--work-dir", str(tmp_path / "w")] if command[0] == "run" else [])],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert (
+        "fedxai: error: dataset plugin 'broken_net' (broken_plugin:ARCH) is a str, not a fedxai.datasets.DataSource"
+    ) in result.stderr
+    assert not (tmp_path / "w" / "logs").exists(), "nothing was started"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not Path(FASHION_MNIST.installed_dirs[0]).is_dir(), reason="Debian's dataset-fashion-mnist is installed by .ci/run"
+)
+def test_two_rounds_of_fashion_mnist_with_the_plugin_net_store_class_named_heatmaps(tmp_path):
+    """The grey images made into the plugin net's 3 channels; every picture, manifest and
+    the monitoring page name the classes ("Trouser"); file names keep the label."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDXAI_", "FLWR_"))}
+    result = subprocess.run(
+        [
+            FEDXAI, "run", "--clients", "2", "--rounds", "2", "--output-dir", str(tmp_path / "out"),
+            "--work-dir", str(tmp_path / "work"), "--explainer-address", f"127.0.0.1:{free_port()}",
+            "--set", "dataset=fashion-mnist", "--set", f"architecture={PLUGIN}", "--set", "max-samples=2000",
+        ],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{PLUGIN} on fashion-mnist" in result.stdout
+    (run,) = re.findall(r"^done: run (\S+), 2 rounds", result.stdout, re.M)
+    out = tmp_path / "out" / "xaitest" / "runs" / run
+    document = json.loads((out / "metrics.json").read_text())
+    names = list(FASHION_MNIST.class_names)
+    assert document["status"] == "finished" and document["class_names"] == names
+    accuracy = [entry["global"]["accuracy"] for entry in document["rounds"]]
+    assert accuracy[0] < accuracy[1] < accuracy[2] and accuracy[2] > 0.45, accuracy
+    for round_dir in ("round-001", "round-002"):
+        for folder in ("client-0", "client-1", "global"):
+            manifest = json.loads((out / round_dir / folder / "explanations.json").read_text())
+            assert [entry["label"] for entry in manifest["images"]] == list(range(10))
+            assert [entry["class_name"] for entry in manifest["images"]] == names
+            assert all(entry["predicted_class_name"] == names[entry["predicted_class"]] for entry in manifest["images"])
+            assert sum(entry["degenerate"] for entry in manifest["images"]) <= 3, "most maps show something"
+            for label in range(10):
+                picture = decode_jpeg((out / round_dir / folder / f"gradcam_class_{label}.jpg").read_bytes())
+                assert picture.shape[1] > 3 * picture.shape[0] / 2 and picture.std() > 10
+
+    with serving(create_app(LocalStore(tmp_path / "out"))) as url:
+        with urllib.request.urlopen(f"{url}/api/tasks/xaitest/runs/{run}/rounds/2", timeout=30) as response:
+            gallery = json.load(response)["gallery"]["client-0"]
+        assert [image["class_name"] for image in gallery] == names
+        if CHROMIUM is not None:
+            dom = dump_dom(f"{url}/tasks/xaitest/runs/{run}", tmp_path / "profile")
+            captions = [dom.text(i) for i in dom.nodes("figcaption")]
+            assert any(caption.startswith("Trouser: predicted ") for caption in captions), captions
+            assert f"{PLUGIN} on fashion-mnist" in [dom.text(i) for i in dom.nodes("dd")]

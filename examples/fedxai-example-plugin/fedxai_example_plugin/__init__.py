@@ -1,15 +1,21 @@
-"""A FedXAI architecture plugin: a small network for 3x28x28 colour images.
+"""A FedXAI plugin: a small network for 3x28x28 colour images, and a dataset read
+from a NumPy file.
 
-Its layers are not named ``conv*`` and sit inside ``nn.Sequential`` blocks, and its
-activations are modules, so Grad-CAM can be hooked after them: the automatic target
-layer is the last convolution's output after its ReLU (``features.4``).
+The network's layers are not named ``conv*`` and sit inside ``nn.Sequential``
+blocks, and its activations are modules, so Grad-CAM can be hooked after them:
+the automatic target layer is the last convolution's output after its ReLU
+(``features.4``).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
+from fedxai.datasets import Dataset, DataSource, SourceData
 from fedxai.models import Architecture
 
 FASHION_MNIST_CLASSES = (
@@ -48,3 +54,17 @@ TINY_RGB_NET = Architecture(
     std=(0.353, 0.353, 0.353),
     class_names=FASHION_MNIST_CLASSES,
 )
+
+
+def load_arrays(data_dir: str, input_shape: tuple[int, int, int]) -> SourceData:
+    """``data.npz`` in data-dir: ``images`` (N, H, W) or (N, H, W, 3) uint8, ``labels``
+    (N,) and ``class_names``, one per label. FedXAI holds out the test split itself."""
+    with np.load(Path(data_dir) / "data.npz", allow_pickle=False) as arrays:
+        images, labels = arrays["images"], arrays["labels"].astype(np.int64)
+        class_names = tuple(str(name) for name in arrays["class_names"])
+    if images.ndim == 4:  # NHWC, as images usually come, to NCHW
+        images = images.transpose(0, 3, 1, 2)
+    return SourceData({"pool": Dataset(np.ascontiguousarray(images), labels)}, class_names)
+
+
+NPZ_ARRAYS = DataSource("npz-arrays", load_arrays, "images, labels and class names in data-dir/data.npz")
