@@ -2,13 +2,15 @@
 at every targetable layer, scored by deletion and by the sanity check, against
 baselines, with the deletion metric cross-checked against pytorch-grad-cam's ROAD.
 
-    python benchmarks/xai_quality.py [--run-dir STORE/TASK[/runs/RUN]] [--data-dir MNIST_DIR]
+    python benchmarks/xai_quality.py [--run-dir STORE/TASK[/runs/RUN]] [--data-dir DIR]
         [--samples 500] [--rounds 1 5] [--steps 21]
 
-The digits are the aggregator's held-out test set (never trained on): the same
-``load_pool(data_dir, test_fraction=0.2, seed=42).test`` the federation holds out,
-of which ``--samples`` are drawn, as many of each class. Each map explains the
-digit's true label, as the explainer does by default.
+The run's architecture and dataset are those of its recorded task (metrics.json),
+so a plugin model is scored as the built-in one is. The images are the aggregator's
+held-out test set (never trained on): the same ``load_pool(...).test`` the
+federation holds out with test-fraction 0.2 and seed 42, of which ``--samples``
+are drawn, as many of each class. Each map explains the image's true label, as the
+explainer does by default.
 
 - Deletion (``services.explainer.quality.deletion``): the pixels are removed in
   ``--steps`` equal steps, most relevant first (MoRF) and least relevant first
@@ -24,9 +26,9 @@ digit's true label, as the explainer does by default.
   absolute value (the reference) and as its positive part.
 - auto: per digit, the method with the largest imputation gap among those that
   pass the sanity check and whose map is not blank (``quality.most_faithful``).
-- "conv2 (pre-activation)": conv2's output before its ReLU, which the project
-  explained before: captured by a copy of the model's target layers that does
-  not move conv2 to relu2.
+- "pre-activation": the default layer's convolution before its activation (conv2
+  before relu2 for mnist_cnn, which the project explained before): captured by a
+  copy of the model's target layers that does not move the convolution.
 
 Every round in ``--rounds`` gets the default layer's scores; the last of them
 also gets every layer, black fill, the sanity check of every layer and the ROAD
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import json
 import re
 import sys
 import time
@@ -51,7 +54,7 @@ import torch
 from torch import nn
 
 from fedxai.data import load_pool
-from fedxai.models import architectures, build_model
+from fedxai.models import Architecture, architectures, build_model
 from fedxai.stats import rank_correlation
 from fedxai.tensors import decode_state_dict
 from services.explainer import quality
@@ -59,7 +62,6 @@ from services.explainer.cam import ALL_METHODS, TargetLayers, normalise, target_
 from services.explainer.cam.grad_cam import GradCAM
 from services.explainer.cam.hires_cam import HiResCAM
 
-ARCH = architectures()["mnist_cnn"]
 CHECKPOINT = "global_model.safetensors"
 # The federation's held-out split (its config's test-fraction and seed).
 TEST_FRACTION = 0.2
@@ -69,7 +71,7 @@ SANITY_SAMPLES = 100  # the first digits, 10 of each class
 ROAD_SAMPLES = 100  # pytorch-grad-cam solves a sparse system per digit and percentile: about 0.4 s a digit
 ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 ROAD_METHODS = (GradCAM.name, HiResCAM.name)  # the explainer's default, and the one auto picks most
-PRE_ACTIVATION = "conv2 (pre-activation)"
+PRE_ACTIVATION = "pre-activation"
 RANDOM = "random"
 GXI = "gradient x input (abs)"
 GXI_POSITIVE = "gradient x input (positive)"
@@ -99,7 +101,7 @@ class Clock:
 
 @dataclasses.dataclass(frozen=True)
 class Digits:
-    pixels: torch.Tensor  # (M, 1, 28, 28) in [0, 1]
+    pixels: torch.Tensor  # (M, C, H, W) in [0, 1]
     labels: torch.Tensor  # (M,) the class each map explains
     mean: torch.Tensor  # (C,)
     std: torch.Tensor  # (C,)
@@ -108,6 +110,10 @@ class Digits:
     def inputs(self) -> torch.Tensor:
         """What the model takes: the pixels standardised."""
         return (self.pixels - self.mean[None, :, None, None]) / self.std[None, :, None, None]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.pixels.shape[-2]), int(self.pixels.shape[-1])
 
     def head(self, count: int) -> Digits:
         return Digits(self.pixels[:count], self.labels[:count], self.mean, self.std)
@@ -134,19 +140,19 @@ class Scores:
         return quality.most_faithful({name: self.imputation[name] for name in METHOD_NAMES}, self.sanity)
 
 
-def balanced_digits(data_dir: str, count: int, seed: int) -> Digits:
+def balanced_digits(dataset: str, data_dir: str, arch: Architecture, count: int, seed: int) -> Digits:
     """``count`` held-out digits, ``count / 10`` of each class, in class order 0..9, 0..9, ...
     so that any prefix of a multiple of 10 is balanced too."""
-    test = load_pool(data_dir, test_fraction=TEST_FRACTION, seed=POOL_SEED).test
-    classes = ARCH.num_classes
+    test = load_pool(dataset, data_dir, arch, test_fraction=TEST_FRACTION, seed=POOL_SEED).test
+    classes = arch.num_classes
     if count % classes:
         raise SystemExit(f"--samples {count}: need a multiple of {classes}")
     rng = np.random.default_rng(seed)
     per_class = [rng.choice(np.flatnonzero(test.labels == c), count // classes, replace=False) for c in range(classes)]
     order = np.stack(per_class, axis=1).reshape(-1)  # round robin over the classes
-    pixels = torch.from_numpy(test.images[order, None].astype(np.float32) / 255.0)
+    pixels = torch.from_numpy(test.images[order].astype(np.float32) / 255.0)
     labels = torch.from_numpy(test.labels[order].astype(np.int64))
-    return Digits(pixels, labels, torch.tensor(ARCH.mean), torch.tensor(ARCH.std))
+    return Digits(pixels, labels, torch.tensor(arch.mean), torch.tensor(arch.std))
 
 
 def newest_run(run_dir: Path, rounds: list[int] | None) -> Path:
@@ -170,23 +176,24 @@ def find_rounds(run_dir: Path) -> dict[int, Path]:
     return found
 
 
-def load_model(path: Path) -> nn.Module:
-    return build_model(ARCH, decode_state_dict(path.read_bytes(), str(path)), str(path))
+def load_model(arch: Architecture, path: Path) -> nn.Module:
+    return build_model(arch, decode_state_dict(path.read_bytes(), str(path)), str(path))
 
 
 def pre_activation(layers: TargetLayers) -> Target:
-    """conv2's output before its ReLU: the same layers, except that conv2 is explained
-    where it is instead of after its activation."""
+    """The default layer's convolution before its activation: the same layers, except
+    that the convolution is explained where it is instead of after its activation."""
+    conv = next(name for name, after in layers.explained_after.items() if after == layers.default)
     raw = dataclasses.replace(
         layers,
-        names=(*layers.names, "conv2"),
-        explained_after={name: after for name, after in layers.explained_after.items() if name != "conv2"},
+        names=(*layers.names, conv),
+        explained_after={name: after for name, after in layers.explained_after.items() if name != conv},
     )
-    return Target(PRE_ACTIVATION, raw, "conv2")
+    return Target(PRE_ACTIVATION, raw, conv)
 
 
 def targets(layers: TargetLayers, detailed: bool) -> list[Target]:
-    """The default layer, or every targetable layer and conv2 before its ReLU."""
+    """The default layer, or every targetable layer and the default one before its activation."""
     if not detailed:
         return [Target(layers.default, layers, layers.default)]
     return [Target(name, layers, name) for name in layers.names] + [pre_activation(layers)]
@@ -200,9 +207,9 @@ def cam_maps(model: nn.Module, target: Target, digits: Digits) -> tuple[dict[str
     return maps, result.logits
 
 
-def heats_of(maps: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def heats_of(maps: Mapping[str, torch.Tensor], size: tuple[int, int]) -> dict[str, torch.Tensor]:
     """Maps at the input size, each scaled into [0, 1]."""
-    return {name: normalise(upsample(m, ARCH.input_shape[1:])) for name, m in maps.items()}
+    return {name: normalise(upsample(m, size)) for name, m in maps.items()}
 
 
 def baseline_heats(model: nn.Module, digits: Digits, seed: int) -> dict[str, torch.Tensor]:
@@ -252,16 +259,18 @@ def score_round(
                 ALL_METHODS,
                 seed=SEED,
             )
-            heats = heats_of(maps)
+            heats = heats_of(maps, digits.size)
         if target.layer == layers.default:
             accuracy = float((logits.argmax(dim=1) == digits.labels).float().mean())
         scores[target.label] = score_heats(model, digits, heats, steps, detailed, clock, sanity)
     with clock.part("maps and sanity check"):
         heats = baseline_heats(model, digits, SEED)
     if not detailed:
-        # The "before" map beside the defaults, in every round: Grad-CAM of conv2 before its ReLU.
+        # The "before" map beside the defaults, in every round: Grad-CAM before the activation.
         with clock.part("maps and sanity check"):
-            heats[PRE_ACTIVATION] = heats_of(cam_maps(model, pre_activation(layers), digits)[0])[GradCAM.name]
+            heats[PRE_ACTIVATION] = heats_of(cam_maps(model, pre_activation(layers), digits)[0], digits.size)[
+                GradCAM.name
+            ]
     scores[BASELINE] = score_heats(model, digits, heats, steps, detailed, clock)
     return scores, accuracy
 
@@ -300,7 +309,7 @@ def road_cross_check(model: nn.Module, layers: TargetLayers, digits: Digits, clo
     except ImportError as error:
         return [f"ROAD cross-check skipped: {error} (pip install -e '.[bench]')"]
     digits = digits.head(ROAD_SAMPLES)
-    heats = heats_of(cam_maps(model, Target(layers.default, layers, layers.default), digits)[0])
+    heats = heats_of(cam_maps(model, Target(layers.default, layers, layers.default), digits)[0], digits.size)
     classes = [ClassifierOutputSoftmaxTarget(int(label)) for label in digits.labels]
     lines = [
         f"At {layers.default}, {len(digits.labels)} digits, removing 10%, 20%, ..., 90% of the pixels "
@@ -410,7 +419,7 @@ def main() -> None:
         default=Path("outputs/xaitest"),
         help="<store>/<task>/runs/<run>, or <store>/<task> for its newest run",
     )
-    parser.add_argument("--data-dir", default="", help="MNIST IDX files (default: downloaded once, as fedxai run does)")
+    parser.add_argument("--data-dir", default="", help="the dataset's folder (default: the run's data-dir)")
     parser.add_argument("--samples", type=int, default=500, help="held-out digits, as many per class")
     parser.add_argument("--rounds", type=int, nargs="+", help="rounds to score (default: all found)")
     parser.add_argument("--steps", type=int, default=21, help="deletion steps from 0 to 100%% of the pixels")
@@ -424,13 +433,17 @@ def main() -> None:
     missing = sorted(set(numbers) - set(found))
     if missing:
         raise SystemExit(f"no checkpoint for rounds {missing} under {args.run_dir} (found {sorted(found)})")
-    layers = target_layers(ARCH)
+    config = json.loads((args.run_dir / "metrics.json").read_text())["config"]
+    arch = architectures()[config["architecture"]]
+    dataset = config.get("dataset", "mnist")  # runs recorded before datasets had names learnt MNIST
+    layers = target_layers(arch)
     with clock.part("loading"):
-        digits = balanced_digits(args.data_dir, args.samples, SEED)
+        digits = balanced_digits(dataset, args.data_dir or config["data-dir"], arch, args.samples, SEED)
     out(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; run {args.run_dir}, rounds {numbers}; "
-        f"{len(digits.labels)} held-out digits ({len(digits.labels) // ARCH.num_classes} a class), "
-        f"maps explain the true label; deletion in {args.steps} steps; sanity on {SANITY_SAMPLES} digits; "
+        f"{arch.name} on {dataset}; {len(digits.labels)} held-out images ({len(digits.labels) // arch.num_classes} "
+        "a class), "
+        f"maps explain the true label; deletion in {args.steps} steps; sanity on {SANITY_SAMPLES} images; "
         f"targetable layers {', '.join(layers.names)} (default {layers.default})"
     )
     results: dict[int, tuple[dict[str, Scores], float]] = {}
@@ -438,7 +451,7 @@ def main() -> None:
     for number in numbers:
         detailed = number == numbers[-1]
         with clock.part("loading"):
-            model = load_model(found[number])
+            model = load_model(arch, found[number])
         results[number] = score_round(model, layers, digits, args.steps, detailed, clock)
         if detailed:
             road = road_cross_check(model, layers, digits, clock)
@@ -446,7 +459,7 @@ def main() -> None:
 
     last, (scores, accuracy) = numbers[-1], results[numbers[-1]]
     out()
-    out(f"## Round {last}: every method at every layer (accuracy on these digits {accuracy:.1%})")
+    out(f"## Round {last}: every method at every layer (accuracy on these images {accuracy:.1%})")
     out()
     detail_table(scores, float(scores[BASELINE].imputation[GXI].gap.mean()))
     out()
