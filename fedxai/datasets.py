@@ -17,14 +17,13 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
 
 from fedxai.mnist import SPLITS, available_splits, load_split
-from fedxai.plugins import PluginError, load_plugin, plugin_label
+from fedxai.plugins import PluginError, load_plugin, plugin_label, registry
 from fedxai.settings import SettingsError
 
 DATASET_PLUGINS = "fedxai.datasets"
@@ -210,13 +209,7 @@ BUILT_IN = (
 def data_sources() -> Mapping[str, DataSource]:
     """The built-in sources and every installed plugin's, by name; raises
     PluginError for the first plugin that cannot be used."""
-    found = {source.name: source for source in BUILT_IN}
-    for entry in sorted(entry_points(group=DATASET_PLUGINS), key=lambda e: e.name):
-        source = _plugin(entry)
-        if source.name in found:
-            raise PluginError(f"{plugin_label('dataset', entry)}: the name {source.name!r} is taken")
-        found[source.name] = source
-    return MappingProxyType(found)
+    return registry(BUILT_IN, DATASET_PLUGINS, "dataset", _plugin)
 
 
 def _plugin(entry: EntryPoint) -> DataSource:

@@ -14,14 +14,13 @@ import functools
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
-from types import MappingProxyType
+from importlib.metadata import EntryPoint
 
 import torch
 from torch import nn
 
 from fedxai.errors import InvalidArgument
-from fedxai.plugins import PluginError, load_plugin, plugin_label
+from fedxai.plugins import PluginError, load_plugin, plugin_label, registry
 
 ARCHITECTURE_PLUGINS = "fedxai.architectures"
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
@@ -133,13 +132,7 @@ BUILT_IN = (
 def architectures() -> Mapping[str, Architecture]:
     """The built-in architectures and every installed plugin's, by name; raises
     PluginError for the first plugin that cannot be used."""
-    found = {arch.name: arch for arch in BUILT_IN}
-    for entry in sorted(entry_points(group=ARCHITECTURE_PLUGINS), key=lambda e: e.name):
-        arch = _plugin(entry)
-        if arch.name in found:
-            raise PluginError(f"{plugin_label('architecture', entry)}: the name {arch.name!r} is taken")
-        found[arch.name] = arch
-    return MappingProxyType(found)
+    return registry(BUILT_IN, ARCHITECTURE_PLUGINS, "architecture", _plugin)
 
 
 def _plugin(entry: EntryPoint) -> Architecture:

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
-from importlib.metadata import EntryPoint
+from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import EntryPoint, entry_points
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 from fedxai.settings import SettingsError
@@ -19,6 +21,19 @@ T = TypeVar("T", bound=Named)
 
 class PluginError(SettingsError):
     """An installed plugin cannot be used; the message names it and says why."""
+
+
+def registry(built_in: Iterable[T], group: str, kind: str, load: Callable[[EntryPoint], T]) -> Mapping[str, T]:
+    """The built-in entries and every installed plugin's in entry-point ``group``, each
+    loaded and checked by ``load``, by name; raises PluginError for the first that
+    cannot be used."""
+    found = {item.name: item for item in built_in}
+    for entry in sorted(entry_points(group=group), key=lambda e: e.name):
+        item = load(entry)
+        if item.name in found:
+            raise PluginError(f"{plugin_label(kind, entry)}: the name {item.name!r} is taken")
+        found[item.name] = item
+    return MappingProxyType(found)
 
 
 def load_plugin(entry: EntryPoint, kind: str, expected: type[T]) -> tuple[T, str]:
