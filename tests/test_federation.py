@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from tests.conftest import MNIST_DIR, free_port
@@ -416,6 +418,15 @@ def test_refusals_before_anything_starts(tmp_path):
     result = refused("--data-dir", str(tmp_path / "nowhere"))
     assert result.returncode == 2
     assert f"data-dir {tmp_path / 'nowhere'}: no MNIST IDX files" in result.stderr
+
+    # A dataset whose classes are not the architecture's outputs: eleven folders for mnist_cnn.
+    for label in range(11):
+        (tmp_path / "eleven" / f"class-{label:02d}").mkdir(parents=True)
+        assert cv2.imwrite(str(tmp_path / "eleven" / f"class-{label:02d}" / "a.png"), np.zeros((20, 20), np.uint8))
+    result = refused("--set", "dataset=image-folder", "--data-dir", str(tmp_path / "eleven"))
+    assert (result.returncode, result.stderr) == (
+        2, "fedxai: error: dataset image-folder has 11 classes; architecture mnist_cnn has 10 outputs\n"
+    )  # fmt: skip
 
     result = refused("--set", "local-epoch=2")
     assert result.returncode == 2
