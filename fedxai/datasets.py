@@ -11,6 +11,7 @@ federation splits itself, and names its classes in label order.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 import shutil
@@ -221,7 +222,7 @@ def _plugin(entry: EntryPoint) -> DataSource:
         )
     if not callable(source.load):
         raise PluginError(f"{plugin_label('dataset', entry)}: load is not callable")
-    return DataSource(source.name, source.load, source.description, provided_by=provider)
+    return dataclasses.replace(source, provided_by=provider)
 
 
 def get_data_source(name: str) -> DataSource:
