@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fedxai.datasets import Dataset, get_data_source, read_class_folders
 from fedxai.mnist import available_splits, load_split
-from fedxai.models import Architecture
+
+if TYPE_CHECKING:  # torch only where a model is built: the light commands import this module
+    from fedxai.models import Architecture
 
 MIN_PARTITION_SIZE = 2
 # ITU-R BT.601 luma, for colour images given to a greyscale model.

@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,6 +108,22 @@ def test_download_mnist_leaves_a_filled_folder_alone(tmp_path):
     result = run_fedxai("download-mnist", str(MNIST_DIR), env=clean_env())
     assert result.returncode == 0, result.stderr
     assert f"MNIST IDX files already in {MNIST_DIR}" in result.stdout
+
+
+@pytest.mark.parametrize("command", [["credentials", "{tmp}", "--trainer", "client-0"], ["download-mnist", "{mnist}"]])
+def test_the_light_commands_never_import_torch(tmp_path, command):
+    """Compose gives them 256 MB, which importing torch alone would overrun."""
+    from tests.conftest import MNIST_DIR
+
+    arguments = [part.format(tmp=tmp_path, mnist=MNIST_DIR) for part in command]
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "services.cli", *arguments],
+        env=clean_env(), capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "fedxai.datasets" in imported or command[0] == "credentials"
+    assert not {name for name in imported if name.split(".")[0] in ("torch", "torchvision")}
 
 
 def test_help_is_plain_text_and_shows_the_defaults(tmp_path):

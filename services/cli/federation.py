@@ -27,7 +27,6 @@ import tomli_w
 
 from fedxai.data import load_pool
 from fedxai.errors import StoreError
-from fedxai.models import architectures
 from fedxai.settings import (
     TARGET_SCHEMES,
     TRAINER_STATE_DIR_VARIABLE,
@@ -151,6 +150,8 @@ def preflight(options: RunOptions) -> None:
         )
     if task.attack != "none" and task.attack_client >= options.clients:
         raise SettingsError(f"attack-client {task.attack_client} is not one of the {options.clients} clients")
+    from fedxai.models import architectures  # torch, once the task is to run
+
     try:  # reads the files, or downloads them once here rather than in every node
         load_pool(
             task.dataset,
