@@ -95,8 +95,11 @@ def test_status_during_a_run_and_ctrl_c_stops_every_process(tmp_path):
     # More rounds than it takes to ask for the status: Ctrl-C must come mid-run (a round takes 15 s).
     command[command.index("--rounds") + 1] = "10"
     run = subprocess.Popen(
-        command, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+        command, cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # As in a terminal: Ctrl-C's default action, whatever a shell that runs the tests in
+        # the background set (it ignores SIGINT there, and Python then never interrupts).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     try:
         assert run.stdout is not None
         for line in run.stdout:
