@@ -27,7 +27,7 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 @dataclass(frozen=True)
 class Pool:
     """What the trainers partition, and what the aggregator keeps for itself,
-    already in the architecture's input shape."""
+    in the architecture's input shape (see ``load_pool``)."""
 
     federated: Dataset
     test: Dataset
@@ -35,7 +35,14 @@ class Pool:
 
 
 def load_pool(
-    dataset: str, data_dir: str, arch: Architecture, test_fraction: float, seed: int, max_samples: int = 0
+    dataset: str,
+    data_dir: str,
+    arch: Architecture,
+    test_fraction: float,
+    seed: int,
+    max_samples: int = 0,
+    *,
+    fit_federated: bool = True,
 ) -> Pool:
     """The images of data source ``dataset`` from ``data_dir`` (empty: its default place).
 
@@ -43,7 +50,9 @@ def load_pool(
     aggregator tests on the test split. With one split, it is the pool:
     ``test_fraction`` of it is held out for the aggregator. ``max_samples`` (0: all)
     caps each part, for quick runs. Images are converted to ``arch``'s channels and
-    size; the source's classes must be the architecture's outputs.
+    size; the source's classes must be the architecture's outputs. A trainer, which
+    uses one share of the federated part, passes ``fit_federated=False`` and fits
+    only its share (``fit_to``): converting the whole part costs seconds a message.
     """
     loaded = get_data_source(dataset).load(data_dir, arch.input_shape)
     classes = len(loaded.class_names)
@@ -64,7 +73,9 @@ def load_pool(
     if max_samples:
         federated = federated.subset(np.arange(min(max_samples, len(federated))))
         test = test.subset(np.arange(min(max_samples, len(test))))
-    return Pool(fit_to(federated, arch.input_shape), fit_to(test, arch.input_shape), loaded.class_names)
+    if fit_federated:
+        federated = fit_to(federated, arch.input_shape)
+    return Pool(federated, fit_to(test, arch.input_shape), loaded.class_names)
 
 
 def fit_to(data: Dataset, input_shape: tuple[int, int, int]) -> Dataset:

@@ -20,7 +20,7 @@ from torch import nn
 
 from fedxai import learning
 from fedxai.attacks import poison
-from fedxai.data import Dataset, load_pool, partition, train_validation_split
+from fedxai.data import Dataset, fit_to, load_pool, partition, train_validation_split
 from fedxai.delivery import Delivery, Outbox, deliver
 from fedxai.models import Architecture, architectures
 from fedxai.settings import TRAINER_STATE_DIR_VARIABLE, SettingsError, explainer_token
@@ -74,7 +74,13 @@ def _setup(msg: Message, context: Context) -> Local:
     node = Node.from_node_config(dict(context.node_config), os.environ)
     arch = architectures()[task.architecture]
     pool = load_pool(
-        task.dataset, node.data_dir or task.data_dir, arch, task.test_fraction, task.seed, task.max_samples
+        task.dataset,
+        node.data_dir or task.data_dir,
+        arch,
+        task.test_fraction,
+        task.seed,
+        task.max_samples,
+        fit_federated=False,  # only this node's share is fitted, below
     )
     share = partition(
         pool.federated,
@@ -84,7 +90,9 @@ def _setup(msg: Message, context: Context) -> Local:
         task.dirichlet_alpha,
         task.seed,
     )
-    train_data, validation = train_validation_split(share, task.validation_fraction, task.seed + node.partition_id)
+    train_data, validation = train_validation_split(
+        fit_to(share, arch.input_shape), task.validation_fraction, task.seed + node.partition_id
+    )
     model = arch.factory()
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     return Local(task, node, arch, model, train_data, validation, pool.class_names)
