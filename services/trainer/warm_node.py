@@ -10,7 +10,8 @@ a separate executor, which takes each task from the SuperNode's Runtime API
 task that runs Flower's own ``run_clientapp`` with the token: still a new process per
 message, which installs and loads the FAB as before, with its imports already done. The
 child first forgets this project's own modules (this command imported some), so that the
-code that runs is the FAB's, as with Flower's launcher.
+code that runs is the FAB's, as with Flower's launcher. It launches a task only once the
+SuperNode holds the task's message in full (see ``MESSAGE_IN``).
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
@@ -62,6 +65,11 @@ FIRST_PAUSE = 0.02
 LONGEST_PAUSE = 0.25
 BACKOFF = 1.5
 STOP_GRACE = 10.0
+# What the SuperNode logs once it holds all of a message's objects, or gave up on them. It
+# hands the task out before: a ClientApp started then finds the objects missing, and Flower's
+# pull waits a second, then two, before it asks again. (Flower is pinned: the tests see these.)
+MESSAGE_IN = ("Received successfully", "Failed to receive message")
+LONGEST_WAIT_FOR_MESSAGE = 10.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -153,6 +161,12 @@ class WarmNode:
     address: str = field(init=False)  # the SuperNode's Runtime API, from its flags
     supernode: subprocess.Popen | None = field(default=None, init=False)
     tasks: set[int] = field(default_factory=set, init=False)  # running ClientApps' pids
+    # Messages the SuperNode holds in full, and tasks launched: one message each.
+    messages_in: int = field(default=0, init=False)
+    launched: int = field(default=0, init=False)
+    _message_in: threading.Condition = field(default_factory=threading.Condition, init=False)
+    # Held while the log is written and while forking: a child must not inherit stderr's buffer locked.
+    _writing: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def __post_init__(self) -> None:
         self.address = runtime_address(self.supernode_args)
@@ -165,8 +179,11 @@ class WarmNode:
         beside = Path(sys.executable).with_name("flower-supernode")
         program = str(beside) if beside.is_file() else "flower-supernode"
         self.supernode = subprocess.Popen(
-            [program, *self.supernode_args, "--isolation", "process"], preexec_fn=_stop_with_parent
+            [program, *self.supernode_args, "--isolation", "process"],
+            preexec_fn=_stop_with_parent,
+            stderr=subprocess.PIPE,  # its log, passed on as it comes; see MESSAGE_IN
         )
+        threading.Thread(target=self._pass_on_log, args=(self.supernode.stderr,), daemon=True).start()
         try:
             self._wait_for_runtime_api()
             with contextlib.closing(_runtime_client(self.address)) as client:
@@ -193,11 +210,31 @@ class WarmNode:
                 time.sleep(LONGEST_PAUSE)
                 continue
             if response.HasField("task") and response.token:
+                self._wait_for_message(response.task.task_id)
                 self._launch(response.task.task_id, response.token)
                 pause = FIRST_PAUSE
                 continue
             time.sleep(pause)
             pause = min(pause * BACKOFF, LONGEST_PAUSE)
+
+    def _pass_on_log(self, stream: BinaryIO) -> None:
+        """Copies the SuperNode's log to this process's, counting the messages it holds in full."""
+        for line in stream:
+            with self._writing:
+                sys.stderr.buffer.write(line)
+                sys.stderr.flush()
+            if any(marker.encode() in line for marker in MESSAGE_IN):
+                with self._message_in:
+                    self.messages_in += 1
+                    self._message_in.notify_all()
+
+    def _wait_for_message(self, task_id: int) -> None:
+        """Until the SuperNode holds the task's message in full (it handles one at a time)."""
+        self.launched += 1
+        with self._message_in:
+            if not self._message_in.wait_for(lambda: self.messages_in >= self.launched, LONGEST_WAIT_FOR_MESSAGE):
+                log.warning("task %d: the SuperNode did not say it holds the message; launching anyway", task_id)
+                self.messages_in = self.launched
 
     def _wait_for_runtime_api(self) -> None:
         """Until the SuperNode listens (Flower's client would log each refused attempt)."""
@@ -212,7 +249,8 @@ class WarmNode:
         sys.stdout.flush()
         sys.stderr.flush()
         parent = os.getpid()
-        pid = os.fork()
+        with self._writing:
+            pid = os.fork()
         if pid == 0:
             code = 1
             try:
