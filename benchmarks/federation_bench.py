@@ -60,23 +60,33 @@ def ours_rounds(store: LocalStore, task: TaskConfig) -> list[dict[str, Any]]:
     return [entry for entry in document["rounds"] if entry["round"] > 0]
 
 
-def client_seconds(entry: dict[str, Any]) -> tuple[float, float, float]:
-    """The slowest client's train, evaluate and XAI seconds in a round (clients run in parallel)."""
-    clients = entry["clients"].values() if "clients" in entry else []
-    if not clients:  # the bare app reports aggregated means only
-        return entry["train"]["train-seconds"], entry["evaluate"]["eval-seconds"], 0.0
-    return (
-        max(c["train"]["train-seconds"] for c in clients),
-        max(c["evaluate"]["eval-seconds"] for c in clients),
-        max(c["evaluate"].get("xai-seconds", 0.0) for c in clients),
-    )
+def critical_paths(entries: list[dict[str, Any]]) -> list[tuple[float, float, float]]:
+    """Each round's compute on its critical path, from one run's rounds: the slowest
+    training message (its training, and the previous round's evaluation and explanation
+    when they ride along), the slowest evaluation message if the round has one (its
+    evaluation and explanation), and the aggregator's own work. The bare app reports
+    its clients' mean times, not the slowest's."""
+    carried = {e["evaluated_in_round"]: e for e in entries if e.get("evaluated_in_round", e["round"]) != e["round"]}
+    paths = []
+    for entry in entries:
+        if "clients" not in entry:
+            paths.append((entry["train"]["train-seconds"], entry["evaluate"]["eval-seconds"], 0.0))
+            continue
+        earlier = carried.get(entry["round"], {}).get("clients", {})
+        own = entry.get("evaluated_in_round", entry["round"]) == entry["round"]
+        training = [
+            record["train"]["train-seconds"] + _evaluation_seconds(earlier.get(client, {}))
+            for client, record in entry["clients"].items()
+            if "train" in record
+        ]
+        evaluating = [_evaluation_seconds(record) for record in entry["clients"].values()] if own else []
+        paths.append((max(training, default=0.0), max(evaluating, default=0.0), float(entry.get("server_seconds", 0))))
+    return paths
 
 
-def critical_path(entry: dict[str, Any]) -> tuple[float, float, float]:
-    """A round's compute on its critical path: the slowest client's training, the slowest
-    client's evaluation and explanation, and the aggregator's own work."""
-    train, evaluate, xai = client_seconds(entry)
-    return train, evaluate + xai, float(entry.get("server_seconds", 0.0))
+def _evaluation_seconds(client: dict[str, Any]) -> float:
+    evaluation = client.get("evaluate", {})
+    return evaluation.get("eval-seconds", 0.0) + evaluation.get("xai-seconds", 0.0)
 
 
 def bench_rounds(args: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
@@ -111,7 +121,7 @@ def bench_rounds(args: argparse.Namespace, work: Path, env: dict[str, str]) -> N
                 if variant == "bare":
                     timing = work / f"{name}.json"
                     run_variant(bare_children, bare, name, BARE_APP, {**common, "timing-file": str(timing)})
-                    rounds[variant] += json.loads(timing.read_text())
+                    entries = json.loads(timing.read_text())
                 else:
                     task = named(
                         build_task(
@@ -128,7 +138,9 @@ def bench_rounds(args: argparse.Namespace, work: Path, env: dict[str, str]) -> N
                     cold = variant == "xai-on-cold"
                     federation, processes = (bare, bare_children) if cold else (ours, children)
                     run_variant(processes, federation, name, default_app_dir(), task.to_run_config())
-                    rounds[variant] += ours_rounds(store, task)
+                    entries = ours_rounds(store, task)
+                paths = critical_paths(entries)
+                rounds[variant] += [{**e, "critical_path": p} for e, p in zip(entries, paths, strict=True)]
                 out(f"  {name}: {time.monotonic() - started:.1f} s")
     finally:
         children.stop_all()
@@ -136,16 +148,17 @@ def bench_rounds(args: argparse.Namespace, work: Path, env: dict[str, str]) -> N
 
     out()
     out(f"{args.clients} clients, {args.rounds} rounds x {args.repeats} repeats, {args.max_samples or 'all'} samples")
-    out("variant      | round s (median) | vs bare | critical path s: train  eval+xai  server | round / critical path")
+    out("variant      | round s (median) | vs bare | critical path s: train msg  eval msg  server | round / crit. path")
     bare_seconds = statistics.median(r["seconds"] for r in rounds["bare"])
     for variant, entries in rounds.items():
         seconds = statistics.median(r["seconds"] for r in entries)
-        train, evaluate, server = (statistics.median(v) for v in zip(*map(critical_path, entries), strict=True))
+        paths = [entry["critical_path"] for entry in entries]
+        train, evaluate, server = (statistics.median(v) for v in zip(*paths, strict=True))
         # Each round against its own critical path, then the median.
-        ratio = statistics.median(r["seconds"] / sum(critical_path(r)) for r in entries)
+        ratio = statistics.median(r["seconds"] / sum(r["critical_path"]) for r in entries)
         out(
             f"{variant:12} | {seconds:16.2f} | {seconds / bare_seconds:6.3f}x | "
-            f"{train:22.2f} {evaluate:9.2f} {server:7.2f} | {ratio:.2f}x"
+            f"{train:26.2f} {evaluate:9.2f} {server:7.2f} | {ratio:.2f}x"
         )
     out("targets: xai-on <= 0.6x bare; round <= 1.3x its critical path")
     out("(the bare app reports its clients' mean times, not the slowest's: its critical path is understated)")

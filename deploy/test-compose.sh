@@ -143,11 +143,13 @@ log "the killed replica: restarted $restarts"
 [ "${restarts% *}" -gt 0 ] && [ "${restarts#* }" = running ] || { log "the killed replica was not restarted"; exit 1; }
 [ "$(awk '$2 > 0' "$work/calls" | wc -l)" -ge 2 ] || { log "the calls were not shared between replicas"; exit 1; }
 
-# `fedxai trainer` forked every ClientApp: a train and an evaluate message a round, each.
+# `fedxai trainer` forked every ClientApp, each once its message was in: a train message a
+# round (round 2's evaluates round 1's model first), then one that evaluates round 2's.
 for trainer in trainer-0 trainer-1; do
   launched=$(compose logs --no-color "$trainer" | grep -c 'ClientApp in process' || true)
   log "$trainer: $launched ClientApps launched warm"
-  [ "$launched" -ge 4 ] || { log "$trainer did not launch its ClientApps itself"; exit 1; }
+  [ "$launched" -ge 3 ] || { log "$trainer did not launch its ClientApps itself"; exit 1; }
+  ! compose logs --no-color "$trainer" | grep 'did not say it holds the message' || { log "$trainer missed a message"; exit 1; }
 done
 
 log "checking the bucket, the explainer, its presigned URLs and the monitor from the host"

@@ -51,11 +51,17 @@ RoundRecord = TypedDict(
         "checkpoint": NotRequired[str],
         "checkpoint_sha256": NotRequired[str],
         "seconds": NotRequired[float],  # the round's wall time
-        # Of it, the aggregator's own work: the strategy's steps and the global model's test
-        # (and, in the first round, Flower's wait for enough nodes to connect).
+        # Of it, the aggregator's own work: the strategy's steps (and, in the first round,
+        # Flower's wait for enough nodes to connect).
         "server_seconds": NotRequired[float],
+        # The global model's test, which runs beside the next round rather than in this one.
+        "global_test_seconds": NotRequired[float],
         "train": NotRequired[dict[str, float]],
+        # The clients' evaluation of this round's global model, weighted by their examples.
+        # It comes with the next round's training messages (``evaluated_in_round``) unless
+        # this is the last round or not every node trains and evaluates every round.
         "evaluate": NotRequired[dict[str, float]],
+        "evaluated_in_round": NotRequired[int],
         "xai": NotRequired[dict[str, int]],  # summed over the trainers: sent, stored, queued, ...
         # How many clients were asked to explain, of how many evaluated (fraction-explain,
         # max-explained-clients), and how many updates the aggregator explained of how many.

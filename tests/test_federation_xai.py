@@ -202,6 +202,7 @@ def explained_round(
     try:
         prober.explain_updates(1, updates)
         recorder.evaluate_global(1, ArrayRecord(global_state))
+        recorder.settle()  # the global model's test runs in the background
         prober.explain_global(1, global_state, recorder.checkpoint(1, ArrayRecord(global_state)))
         assert prober.close() == 0, "nothing left in the outbox"
         with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=CHANNEL_OPTIONS) as channel:

@@ -43,6 +43,7 @@ OLD_RUN = "20261129-120000-0a0a"  # an earlier run of xaitest, metrics only
 SCORED_RUN = "20261130-080000-5c5c"
 FAILED_RUN, STALE_RUN = "20261130-070000-fa11", "20261130-060000-5a1e"  # task "troubled"
 BIG_RUN = "20261130-050000-b19b"  # task "big": 10 clients x 50 rounds, made up
+LIVE_RUN = "20261203-090000-11fe"  # task "live": in round 3, round 2's evaluation to come
 
 
 def put_metrics(store: LocalStore, task: str, run: str, document: dict) -> None:
@@ -108,6 +109,7 @@ def filled_store(tmp_path_factory, mnist, mnist_weights, trained_mnist_cnn) -> L
     put_metrics(store, "xaitest", OLD_RUN, {"status": "finished", "num_rounds": 3, "updated_at": "", "rounds": older})
     write_troubled_task(store)
     write_big_task(store)
+    write_live_task(store)
     write_scored_task(store)
     write_federated_task(store, service_for(store), mnist, trained_mnist_cnn)
     return store
@@ -321,6 +323,28 @@ def write_big_task(store: LocalStore) -> None:
     config = {"xai-enabled": False}
     document = {"status": "finished", "num_rounds": BIG_ROUNDS, "updated_at": "", "rounds": rounds, "config": config}
     put_metrics(store, "big", BIG_RUN, document)
+
+
+def write_live_task(store: LocalStore) -> None:
+    """Task "live": a run in round 3 of 3 that recorded round 2, whose clients' evaluation
+    comes with round 3's training (every node trains and evaluates every round)."""
+    train = {"train-loss": 0.3, "train-accuracy": 0.9, "num-examples": 100}
+    evaluation = {"eval-loss": 0.4, "eval-accuracy": 0.85, "num-examples": 25}
+    rounds: list[dict] = [{"round": 0, "global": {"accuracy": 0.1, "loss": 2.3}}]
+    rounds.append(
+        {
+            "round": 1, "global": {"accuracy": 0.8, "loss": 0.6}, "seconds": 15.0, "evaluated_in_round": 2,
+            "evaluate": evaluation, "clients": {c: {"train": train, "evaluate": evaluation} for c in CLIENTS},
+        }
+    )  # fmt: skip
+    rounds.append(
+        {"round": 2, "global": {"accuracy": 0.85, "loss": 0.5}, "clients": {c: {"train": train} for c in CLIENTS}}
+    )
+    document = {
+        "status": "running", "num_rounds": 3, "updated_at": datetime.now(UTC).isoformat(), "rounds": rounds,
+        "config": {"xai-enabled": False},
+    }  # fmt: skip
+    put_metrics(store, "live", LIVE_RUN, document)
 
 
 @pytest.fixture(scope="module")
@@ -730,6 +754,20 @@ def test_the_page_says_why_a_run_failed_and_when_one_went_stale(monitor_url, tmp
     assert status["class"] == "status-stale"
     (note,) = dom.nodes("p", id="state-note")
     assert "the aggregator stopped reporting without finishing the run" in dom.text(note)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by .ci/run")
+def test_a_round_whose_evaluation_is_to_come_is_not_called_missing(monitor_url, tmp_path):
+    dom = dump_dom(f"{monitor_url}/tasks/live/runs/{LIVE_RUN}", tmp_path / "profile")
+    (status,) = dom.find("span", id="status")
+    assert status["class"] == "status-running"
+    (alerts,) = dom.nodes("p", id="client-alerts")
+    assert "no evaluation" not in dom.text(alerts) and "no missing reply" in dom.text(alerts)
+    (clients,) = dom.nodes("table", id="clients-table")
+    rows = dom.nodes("tr", inside=clients)[1:]
+    assert [cells_of(dom, row)[0] for row in rows] == list(CLIENTS), "round 2, the latest"
+    assert [cells_of(dom, row)[-1] for row in rows] == ["its evaluation comes with the next round's training"] * 2
+    assert all("flagged" not in dom.elements[row][1].get("class", "") for row in rows)
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is installed by .ci/run")

@@ -9,6 +9,7 @@ from itertools import pairwise
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from flwr.serverapp import Grid
 
 from services.aggregator.prompt_grid import FIRST_PAUSE, LONGEST_PAUSE, PromptGrid
@@ -35,6 +36,7 @@ class ScheduledGrid(Grid):
         return range(len(self.ready_at))
 
     def push_messages(self, messages: Iterable[Any]) -> Iterable[str]:
+        assert messages, "nothing is pushed without messages"
         return [f"m{i}" for i, _ in enumerate(messages)]
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Any]:
@@ -70,3 +72,10 @@ def test_returns_what_came_when_the_timeout_passes():
     replies = list(PromptGrid(inner).send_and_receive(outgoing(2), timeout=0.3))
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0"]
     assert 2 <= inner.pulls <= 10
+
+
+def test_nothing_to_send_pushes_nothing_and_returns_at_once():
+    """A round whose evaluation rides on the next round's training messages sends none."""
+    inner = ScheduledGrid([])
+    assert list(PromptGrid(inner, sleep=pytest.fail).send_and_receive([])) == []
+    assert inner.pulls == 0

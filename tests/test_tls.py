@@ -96,9 +96,9 @@ def test_aggregator_runs_a_federation_through_a_tls_superlink(certs, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FEDXAI_", "FLWR_"))}
     aggregator = subprocess.Popen(
         [
-            FEDXAI, "aggregator", "--address", f"127.0.0.1:{port}", "--rounds", "1", "--no-xai",
+            FEDXAI, "aggregator", "--address", f"127.0.0.1:{port}", "--rounds", "2", "--no-xai",
             "--data-dir", str(MNIST_DIR), "--set", "max-samples=1000", "--set", "min-train-nodes=1",
-            "--set", "min-evaluate-nodes=1", "--output-dir", str(tmp_path / "out"),
+            "--set", "min-evaluate-nodes=1", "--set", "fraction-evaluate=0.5", "--output-dir", str(tmp_path / "out"),
             "--work-dir", str(tmp_path / "work"),
             "--tls-cert-file", str(certs / "server.crt"), "--tls-key-file", str(certs / "server.key"),
             "--tls-ca-file", str(certs / "ca.crt"),
@@ -121,10 +121,13 @@ def test_aggregator_runs_a_federation_through_a_tls_superlink(certs, tmp_path):
         os.killpg(supernode.pid, 9)
         supernode.wait()
     assert aggregator.returncode == 0, output
-    assert "round 1/1  global accuracy" in output
+    assert "round 1/2  global accuracy" in output and "round 2/2  global accuracy" in output
     (metrics,) = (tmp_path / "out" / "xaitest" / "runs").glob("*/metrics.json")
     document = json.loads(metrics.read_text())
-    assert document["status"] == "finished" and f"done: run {document['run_id']}, 1 round," in output
+    assert document["status"] == "finished" and f"done: run {document['run_id']}, 2 rounds," in output
     logs = sorted(path.name for path in (metrics.parent / "logs").iterdir())
     assert logs == ["flwr-run.log", "superlink.log"], "the aggregator keeps its processes' logs with the run"
-    assert list(document["rounds"][1]["clients"]) == ["client-0"]
+    # Not every node evaluates every round (fraction-evaluate): each round has its own evaluation message.
+    for entry in document["rounds"][1:]:
+        assert entry["evaluated_in_round"] == entry["round"]
+        assert set(entry["clients"]["client-0"]) == {"train", "evaluate"}

@@ -57,6 +57,9 @@ class PromptGrid(Grid):
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Pushes ``messages`` and returns the replies that come within ``timeout``
         seconds (all of them when it is None), as Flower's does."""
+        messages = list(messages)
+        if not messages:  # a round's evaluation that the next round's training carries
+            return []
         waiting = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []

@@ -106,6 +106,7 @@ def main(grid: Grid, context: Context) -> None:
             num_rounds=task.num_server_rounds - task.resume_after_round,
             evaluate_fn=strategy.evaluate_fn,
         )
+        recorder.settle()
     except BaseException as error:
         # The monitor and `fedxai run` read the status and the reason.
         recorder.finish("failed", reason=f"{type(error).__name__}: {error}")

@@ -56,16 +56,20 @@ def describe_round(entry: dict[str, Any], rounds: int) -> str:
 
 
 def follow(children: Children, store: ObjectStore, task: TaskConfig, out: TextIO) -> dict[str, Any]:
-    """Prints each round as the aggregator records it, until the run ends."""
+    """Prints each round once the aggregator has recorded it with its clients'
+    evaluation (which the next round's training may bring), until the run ends."""
     key = metrics_key(task.task_name, task.run_id)
-    reported = task.resume_after_round  # a resumed run's earlier rounds were reported by its first attempt
+    earlier = (read_document(store, key) or {}).get("rounds", [])
+    # A resumed run's earlier rounds were reported by its first attempt, if complete by then.
+    reported = {r["round"] for r in earlier if 0 < r["round"] <= task.resume_after_round and "evaluate" in r}
     while True:
         document = read_document(store, key)
-        rounds = [r for r in (document or {}).get("rounds", []) if r["round"] > 0]
-        for entry in rounds[reported:]:
-            say(out, describe_round(entry, task.num_server_rounds))
-        reported = len(rounds)
         status = (document or {}).get("status")
+        for entry in [r for r in (document or {}).get("rounds", []) if r["round"] > 0 and r["round"] not in reported]:
+            if "evaluate" not in entry and status == "running":
+                break
+            say(out, describe_round(entry, task.num_server_rounds))
+            reported.add(entry["round"])
         if status == "finished":
             return document or {}
         if status == "failed":

@@ -1,5 +1,11 @@
 """The Flower ClientApp: local training, local evaluation, then explanations.
 
+A training message carries the previous round's global model; when its config names
+an ``evaluate-round``, the trainer evaluates that model and has it explained before it
+trains on it, and the reply carries the evaluation. The aggregator asks for that when
+every node trains and evaluates every round; the last round's model, and every round's
+otherwise, comes in an evaluation message of its own.
+
 Flower starts a fresh process per message, so nothing is kept in module state:
 the data split is recomputed (deterministically) and the outbox lives on disk.
 """
@@ -109,7 +115,13 @@ def _reply(msg: Message, node: Node, metrics: MetricRecord, arrays: ArrayRecord 
 def train(msg: Message, context: Context) -> Message:
     local = _setup(msg, context)
     task, node, arch, model, train_data = local.task, local.node, local.arch, local.model, local.train_data
-    server_round = int(msg.content.config_records["config"]["server-round"])  # type: ignore[arg-type]
+    config = msg.content.config_records["config"]
+    server_round = int(config["server-round"])  # type: ignore[arg-type]
+    # The model received is the previous round's global model: when the aggregator asks,
+    # it is evaluated (and explained) here first, sparing a message of its own.
+    evaluation = None
+    if "evaluate-round" in config:
+        evaluation = _evaluate_and_explain(local, config, int(config["evaluate-round"]))  # type: ignore[arg-type]
     if task.attack != "none" and node.partition_id == task.attack_client:
         train_data = poison(train_data, task.attack, task.seed + node.partition_id)
     log(INFO, "%s: round %d, training on %d samples", node.client_id, server_round, len(train_data))
@@ -132,15 +144,25 @@ def train(msg: Message, context: Context) -> Message:
             "train-seconds": time.perf_counter() - started,
         }
     )
-    return _reply(msg, node, metrics, ArrayRecord(model.state_dict()))
+    reply = _reply(msg, node, metrics, ArrayRecord(model.state_dict()))
+    if evaluation is not None:
+        # A config record: Flower's FedAvg takes exactly one metric record from a training reply.
+        reply.content["evaluation"] = ConfigRecord(dict(evaluation))
+    return reply
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     local = _setup(msg, context)
-    task, node, arch, model, validation = local.task, local.node, local.arch, local.model, local.validation
     config = msg.content.config_records["config"]
-    server_round = int(config["server-round"])  # type: ignore[arg-type]
+    metrics = _evaluate_and_explain(local, config, int(config["server-round"]))  # type: ignore[arg-type]
+    return _reply(msg, local.node, metrics)
+
+
+def _evaluate_and_explain(local: Local, config: ConfigRecord, evaluated_round: int) -> MetricRecord:
+    """Evaluates the received model (the global model of ``evaluated_round``) on this
+    node's validation split and, with XAI on, has it explained."""
+    task, node, arch, model, validation = local.task, local.node, local.arch, local.model, local.validation
     started = time.perf_counter()
     scores = learning.evaluate(model, validation, arch)
     evaluated = time.perf_counter()
@@ -154,7 +176,7 @@ def evaluate(msg: Message, context: Context) -> Message:
                 task_id=task.task_name,
                 # The aggregator names the run when `flwr run` left it unnamed.
                 run_id=str(config.get("run-id", task.run_id)),
-                round_number=server_round,
+                round_number=evaluated_round,
                 client_id=node.client_id,
                 arch=arch,
                 model=model,
@@ -183,7 +205,7 @@ def evaluate(msg: Message, context: Context) -> Message:
             checkpoint,
             token=explainer_token(os.environ),
         )
-    metrics = MetricRecord(
+    return MetricRecord(
         {
             "eval-loss": scores.loss,
             "eval-accuracy": scores.accuracy,
@@ -198,4 +220,3 @@ def evaluate(msg: Message, context: Context) -> Message:
             "xai-seconds": time.perf_counter() - evaluated,
         }
     )
-    return _reply(msg, node, metrics)

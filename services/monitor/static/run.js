@@ -599,8 +599,15 @@ function allClients(rounds) {
   ]))].sort();
 }
 
-// Clients seen in the run that sent no evaluation in round r.
-function missing(r, clients) {
+// When every node trains and evaluates every round, a round's evaluation comes with the
+// next round's training: while the run goes on, the latest round may not have it yet.
+function awaitingEvaluation(r, rounds) {
+  return data.summary.state === "running" && !r.evaluate && r === rounds[rounds.length - 1];
+}
+
+// Clients seen in the run that sent no evaluation in round r (none while it is to come).
+function missing(r, rounds, clients) {
+  if (awaitingEvaluation(r, rounds)) return [];
   return clients.filter((c) => !(((r.clients || {})[c] || {}).evaluate));
 }
 
@@ -629,7 +636,7 @@ function drawClients() {
     for (const o of found.get(r.round)) {
       outlying.set(o.client, [...(outlying.get(o.client) || []), { round: r.round, ...o }]);
     }
-    for (const client of missing(r, clients)) silent.set(client, [...(silent.get(client) || []), r.round]);
+    for (const client of missing(r, rounds, clients)) silent.set(client, [...(silent.get(client) || []), r.round]);
     for (const client of clients) {
       for (const [stage, error] of Object.entries((((r.clients || {})[client] || {}).failed) || {})) {
         const key = `${client} ${stage}`;
@@ -670,7 +677,8 @@ function drawClients() {
   body.replaceChildren();
   if (!r) return;
   const low = new Set(outliers(r, clients, "eval-accuracy").map((o) => o.client));
-  const absent = new Set(missing(r, clients));
+  const absent = new Set(missing(r, rounds, clients));
+  const awaiting = awaitingEvaluation(r, rounds);
   for (const client of clients) {
     const m = (r.clients || {})[client] || {};
     const t = m.train || {}, e = m.evaluate || {};
@@ -685,6 +693,7 @@ function drawClients() {
     if (absent.has(client)) notes.push("no evaluation reply");
     for (const [stage, error] of Object.entries(m.failed || {})) notes.push(`did not ${stage}: ${error}`);
     if (notes.length) row.className = "flagged";
+    if (awaiting && !m.evaluate) notes.push("its evaluation comes with the next round's training");
     // With fraction-explain below 1, a client that sent, stored, queued and had refused nothing was not drawn.
     const explaining = r.explaining || {};
     const explained = ["xai-sent", "xai-stored", "xai-queued", "xai-rejected"].some((key) => e[key]);
