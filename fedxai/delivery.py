@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +89,12 @@ class Outbox:
         (rejected / f"{path.name}.reason.txt").write_text(reason + "\n")
 
 
-def _backlog(outbox: Outbox, request: pb.ExplainRequest | None) -> Iterator[tuple[Path | None, pb.ExplainRequest]]:
+def _backlog(
+    outbox: Outbox, request: pb.ExplainRequest | None, skip: Collection[Path]
+) -> Iterator[tuple[Path | None, pb.ExplainRequest]]:
     for path in outbox.pending():
+        if path in skip:
+            continue
         try:
             message = pb.ExplainRequest.FromString(path.read_bytes())
         except DecodeError as error:
@@ -111,20 +115,23 @@ def deliver(
     checkpoint: pb.ModelRef | None = None,
     on_reply: Callable[[pb.ExplainRequest, pb.ExplainResponse], None] | None = None,
     token: str = "",
+    staged: Path | None = None,
+    skip: Collection[Path] = (),
 ) -> Delivery:
-    """Sends what the outbox holds, oldest first, then ``request``.
+    """Sends what the outbox holds, oldest first, but the files in ``skip``, then ``request``.
 
     With ``checkpoint``, ``request`` (which carries its weights inline) is first
     sent naming that checkpoint instead. Stops at the first transient failure;
     ``request`` is queued, with its weights, unless it was delivered or refused.
     ``on_reply`` gets every request delivered, with the Explainer's reply. ``token``
-    is the caller's, when the Explainer checks its callers.
+    is the caller's, when the Explainer checks its callers. ``staged`` is where
+    ``request`` already waits in the outbox: it leaves it once delivered.
     """
     result = Delivery()
     undelivered = request
     with open_channel(address, ca_file, token) as channel:
         stub = pb_grpc.ExplainerStub(channel)
-        for path, message in _backlog(outbox, request):
+        for path, message in _backlog(outbox, request, {*skip, *([staged] if staged else [])}):
             name = path.name if path else f"round {message.round}"
             try:
                 if path is None and checkpoint is not None:
@@ -137,17 +144,18 @@ def deliver(
                     log.warning("explainer unavailable (%s: %s); %s stays queued", code.name, details, name)
                     break
                 log.error("explainer refused %s: %s: %s", name, code.name, details)
-                outbox.reject(path or outbox.add(message), f"{code.name}: {details}")
+                outbox.reject(path or staged or outbox.add(message), f"{code.name}: {details}")
                 result.rejected += 1
             else:
                 result.count(response)
-                if path is not None:
-                    path.unlink()
+                done = path or staged
+                if done is not None:
+                    done.unlink(missing_ok=True)
                 if on_reply is not None:
                     on_reply(message, response)
             if path is None:
                 undelivered = None
-    if undelivered is not None:
+    if undelivered is not None and staged is None:
         outbox.add(undelivered)
     result.queued = len(outbox.pending())
     return result

@@ -291,6 +291,31 @@ def test_requests_wait_in_the_outbox_while_the_explainer_is_away(mnist, updates,
     assert store.exists(f"{RUN_DIR}/round-001/updates/{FLIPPED}/explanations.json")
 
 
+def test_a_request_is_on_disk_once_handed_over_and_the_next_aggregator_sends_it(mnist, trained_mnist_cnn, tmp_path):
+    """An aggregator that dies with requests waiting for its lane loses none: each is in
+    the outbox from the moment it is handed over, and the next aggregator sends it."""
+    store = LocalStore(tmp_path / "store")
+    store.check()
+    port = free_port()
+    task = task_for(port)
+    probe = probe_set(digits_pool(held_out(mnist)), "", 4, seed=42)
+    maps = RoundMaps(probe.labels, 3.5, Recorded())
+    first = ProbeExplainer(task, ARCH, probe, tmp_path / "aggregator", maps)
+    checkpoint = (f"{RUN_DIR}/round-001/global_model.safetensors", "0" * 64)
+    handed = first.explain_global(1, trained_mnist_cnn.state_dict(), checkpoint)
+    assert [path.name for path in first.outbox.pending()] == [f"xaitest-{RUN}-round-001-global.pb"]
+    handed.result()
+    assert first.close() == 1, "the explainer is away: it stays"
+
+    server = create_server(ExplainerSettings(address=f"127.0.0.1:{port}"), store)
+    try:
+        assert ProbeExplainer(task, ARCH, probe, tmp_path / "aggregator", maps).close() == 0
+    finally:
+        server.stop(grace=None)
+    manifest = json.loads(store.get(f"{RUN_DIR}/round-001/global/explanations.json"))
+    assert [image["label"] for image in manifest["images"]] == list(range(10))
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -2,8 +2,9 @@
 explained by the Explainer on the probe set and compared (see ``comparison``).
 
 Requests go out on one background lane, so they overlap with the rest of the
-round, through the same outbox as the trainers' (``fedxai.delivery``): while the
-Explainer is away they wait on disk and go first once it is back, and their
+round, through the same outbox as the trainers' (``fedxai.delivery``), written to it
+before they wait for the lane: while the Explainer is away, or after the aggregator
+died, they wait on disk and go first once it is back (or the run goes on), and their
 comparisons are recorded then. No raw client data moves: only weights, and
 public probe images the aggregator holds.
 """
@@ -128,6 +129,10 @@ class ProbeExplainer:
         self.maps = maps
         self.outbox = Outbox(state_dir / "outbox")
         self._lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="probe-explainer")
+        # Requests written to the outbox that wait for their turn on the lane: the lane's
+        # earlier calls leave them be, so that each goes out once, as itself.
+        self._staged: set[Path] = set()
+        self._staging = threading.Lock()
 
     def explain_updates(self, round_number: int, updates: Mapping[str, Mapping[str, torch.Tensor]]) -> list[Future]:
         return [
@@ -157,10 +162,19 @@ class ProbeExplainer:
         return len(self.outbox.pending())
 
     def _submit(self, request: pb.ExplainRequest | None, checkpoint: pb.ModelRef | None = None) -> Future:
-        return self._lane.submit(self._deliver, request, checkpoint)
+        staged = None
+        if request is not None:
+            # On disk before it waits for the lane: what an aggregator dies holding, the next one sends.
+            staged = self.outbox.add(request)
+            with self._staging:
+                self._staged.add(staged)
+        return self._lane.submit(self._deliver, request, staged, checkpoint)
 
-    def _deliver(self, request: pb.ExplainRequest | None, checkpoint: pb.ModelRef | None) -> None:
+    def _deliver(self, request: pb.ExplainRequest | None, staged: Path | None, checkpoint: pb.ModelRef | None) -> None:
         task = self.task
+        with self._staging:
+            waiting = self._staged - {staged}
+            self._staged = waiting
         delivery = deliver(
             task.explainer_address,
             task.explainer_timeout,
@@ -170,6 +184,8 @@ class ProbeExplainer:
             checkpoint,
             on_reply=self.maps.add,
             token=self.token,
+            staged=staged,
+            skip=waiting,
         )
         if delivery.queued:
             log.warning("%d probe explanation requests wait in %s", delivery.queued, self.outbox.directory)
