@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import socket
+import struct
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -148,15 +150,98 @@ def test_unreachable_server_is_reported_as_unavailable() -> None:
 def test_a_hung_server_is_unavailable_after_the_timeout() -> None:
     """A server that accepts connections and never answers: the call gives up after
     FEDXAI_S3_TIMEOUT, once, instead of waiting three times a minute."""
-    with socket.socket() as hung:
-        hung.bind(("127.0.0.1", 0))
-        hung.listen(16)
+    connections: list[socket.socket] = []
+
+    def accept_and_stay_silent(listener: socket.socket) -> None:
+        while True:
+            try:
+                connections.append(listener.accept()[0])
+            except OSError:  # the listener was closed
+                return
+
+    with socket.create_server(("127.0.0.1", 0)) as hung:
+        threading.Thread(target=accept_and_stay_silent, args=(hung,), daemon=True).start()
         port = hung.getsockname()[1]
         settings = S3Settings(endpoint=f"127.0.0.1:{port}", access_key="a", secret_key="b", timeout=1.0)
         started = time.monotonic()
-        with pytest.raises(StoreUnavailable, match="cannot reach S3"):
+        with pytest.raises(StoreUnavailable, match=r"cannot reach S3.*Read timed out"):
             S3Store(settings).put("t/x.json", b"{}", "application/json")
         assert time.monotonic() - started < 15  # 180 s with the old three 60-second tries
+    assert len(connections) == 1, "a request that timed out was sent again"
+    for connection in connections:
+        connection.close()
+
+
+class ResettingRelay:
+    """A TCP relay on loopback in front of an S3 server that resets a connection when told,
+    on the next request it carries: what a client sees when a server has dropped a pooled
+    keep-alive connection, or a busy one resets it."""
+
+    def __init__(self, upstream: str) -> None:
+        host, port = upstream.rsplit(":", 1)
+        self.upstream = (host, int(port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.resets_due = 0
+        self.resets = 0
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def reset_next_request(self) -> None:
+        with self.lock:
+            self.resets_due += 1
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:  # the listener was closed
+                return
+            server = socket.create_connection(self.upstream)
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _take_reset(self) -> bool:
+        with self.lock:
+            if not self.resets_due:
+                return False
+            self.resets_due -= 1
+            self.resets += 1
+            return True
+
+    def _pump(self, source: socket.socket, sink: socket.socket, from_client: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if from_client and self._take_reset():
+                    # Linger 0: close() sends a RST, not a FIN.
+                    source.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    break
+                sink.sendall(data)
+        except OSError:  # the other direction closed both sockets
+            pass
+        source.close()
+        sink.close()
+
+
+def test_a_connection_the_server_resets_is_tried_again_on_a_new_one(nanio_endpoint: str) -> None:
+    """The store check that decides an explainer's health, a write and a read each meet a
+    reset connection once, and succeed on a new one."""
+    relay = ResettingRelay(nanio_endpoint)
+    try:
+        store = S3Store(s3_settings(relay.endpoint, new_bucket()))
+        store.check()
+        relay.reset_next_request()
+        store.check(create=False)
+        relay.reset_next_request()
+        store.put("t/x.json", b'{"a": 1}', "application/json")
+        relay.reset_next_request()
+        assert store.get("t/x.json") == b'{"a": 1}'
+        assert relay.resets == 3
+    finally:
+        relay.close()
 
 
 @pytest.mark.parametrize("value", ["soon", "0", "-3"])

@@ -6,10 +6,14 @@ import io
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import timedelta
+from types import TracebackType
+from typing import Self
 
 import urllib3
 from minio import Minio
 from minio.error import MinioException, S3Error
+from urllib3.connectionpool import ConnectionPool
+from urllib3.response import BaseHTTPResponse
 
 from fedxai.errors import ObjectNotFound, StoreError, StoreMisconfigured, StoreUnavailable
 from fedxai.settings import S3Settings
@@ -27,6 +31,26 @@ _REFUSED = {
 _NOT_FOUND = {"NoSuchKey", "ResourceNotFound"}
 
 
+class _StoreRetry(urllib3.Retry):
+    """urllib3's retries, except that a request whose answer timed out is not sent again, so
+    that a hung store answers UNAVAILABLE after one timeout. A connection that the server
+    reset or dropped (a pooled keep-alive connection it had closed) is still retried, on a
+    new connection, for the idempotent methods urllib3 retries."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+            raise error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
 class S3Store(ObjectStore):
     kind = "s3"
 
@@ -35,11 +59,10 @@ class S3Store(ObjectStore):
         self.bucket = settings.bucket
         self.url_expiry = timedelta(seconds=settings.url_expiry)
         # Fail within seconds rather than minutes when the server is down or hung;
-        # the trainers queue what could not be delivered. A request that timed
-        # out is not sent again: a hung store answers UNAVAILABLE after `timeout`.
+        # the trainers queue what could not be delivered.
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=min(5.0, settings.timeout), read=settings.timeout),
-            retries=urllib3.Retry(total=2, read=0, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
+            retries=_StoreRetry(total=2, read=1, backoff_factor=0.2, status_forcelist=(500, 502, 503, 504)),
             maxsize=16,
         )
         self.client = Minio(
