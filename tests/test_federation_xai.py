@@ -23,6 +23,7 @@ from fedxai.storage.layout import Folder
 from fedxai.task import TaskConfig
 from fedxai.v1 import explainer_pb2 as pb
 from fedxai.v1 import explainer_pb2_grpc as pb_grpc
+from services.aggregator import comparison
 from services.aggregator.comparison import compare_round, map_distances, robust_z, weight_outliers
 from services.aggregator.probe import ProbeExplainer, RoundMaps
 from services.aggregator.recorder import RunRecorder
@@ -167,13 +168,15 @@ def test_weight_updates_far_from_the_others_stand_out():
 
 
 @pytest.mark.parametrize("count", range(2, 12))
-def test_the_weight_distance_uses_the_median_of_the_others(count):
+@pytest.mark.parametrize("size", [300, 2 * comparison.BLOCK + 37])
+def test_the_weight_distance_uses_the_median_of_the_others(count, size):
     """The order-statistics shortcut gives what a median of the n - 1 others gives,
-    on continuous data and on data full of ties."""
+    on continuous data and on data full of ties, within a block of coordinates and
+    across several."""
     rng = np.random.default_rng(count)
     for updates in (
-        {f"c{i}": rng.normal(size=300).astype(np.float32) for i in range(count)},
-        {f"c{i}": rng.integers(-1, 2, size=300).astype(np.float32) for i in range(count)},
+        {f"c{i}": rng.normal(size=size).astype(np.float32) for i in range(count)},
+        {f"c{i}": rng.integers(-1, 2, size=size).astype(np.float32) for i in range(count)},
     ):
         figures = weight_outliers(updates, threshold=3.5)
         for name, update in updates.items():

@@ -34,7 +34,7 @@ distance-based defences (Krum, FLAME), with no explanation involved.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -45,6 +45,7 @@ MIN_CLIENTS_TO_FLAG = 3
 MAD_TO_SIGMA = 1.4826
 SCALE_FLOOR = 0.05
 WEIGHT_SCALE_FLOOR = 0.02  # the weight distance's floor, in cosine-distance units
+BLOCK = 16_384  # coordinates of every update compared at a time
 
 
 def map_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -114,28 +115,36 @@ def compare_round(
     return comparison
 
 
-def _medians_of_others(updates: list[np.ndarray]) -> Iterator[np.ndarray]:
-    """For each update in turn, the coordinate-wise median of all the others.
+def _against_medians_of_others(updates: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each update in turn, its dot product with the coordinate-wise median of all
+    the others, its squared norm and that median's.
 
-    Taken from the order statistics of all n updates around the middle, found once
-    (``np.partition``, linear time), rather than from a median of n - 1 updates per
-    client: leaving out a value at or below the k-th smallest shifts the others'
-    k-th smallest up by one place, and leaves it in place otherwise.
+    The medians come from the order statistics of all n updates around the middle, found
+    once (``np.partition``, linear time), rather than from a median of n - 1 updates per
+    client: leaving out a value at or below the k-th smallest shifts the others' k-th
+    smallest up by one place, and leaves it in place otherwise. The coordinates are taken
+    a block at a time, each block laid out client by client for the partition, so that
+    what is sorted stays in the cache and no copy of all the updates is made: with 100
+    clients of a 1.2-million-weight model, the whole stack is 480 MB and took three times
+    as long.
     """
-    stacked = np.stack(updates)
     count = len(updates)
-    if count % 2 == 0:  # the others are odd in number: their median is one value
-        k = (count - 2) // 2
-        ordered = np.partition(stacked, (k, k + 1), axis=0)
-        for update in stacked:
-            yield np.where(update <= ordered[k], ordered[k + 1], ordered[k])
-    else:  # the mean of the others' two middle values
-        k = (count - 3) // 2
-        ordered = np.partition(stacked, (k, k + 1, k + 2), axis=0)
-        for update in stacked:
-            lower = np.where(update <= ordered[k], ordered[k + 1], ordered[k])
-            upper = np.where(update <= ordered[k + 1], ordered[k + 2], ordered[k + 1])
-            yield (lower + upper) / 2
+    middle = (count - 2) // 2 if count % 2 == 0 else (count - 3) // 2
+    products, squares, median_squares = np.zeros(count), np.zeros(count), np.zeros(count)
+    for begin in range(0, updates[0].size, BLOCK):
+        block = np.stack([update[begin : begin + BLOCK] for update in updates])
+        if count % 2 == 0:  # the others are odd in number: their median is one value
+            ordered = np.partition(block.T, (middle, middle + 1), axis=1).T
+            below, above = ordered[middle], ordered[middle + 1]
+            medians = np.where(block <= below, above, below)
+        else:  # the mean of the others' two middle values
+            ordered = np.partition(block.T, (middle, middle + 1, middle + 2), axis=1).T
+            low, mid, high = ordered[middle], ordered[middle + 1], ordered[middle + 2]
+            medians = (np.where(block <= low, mid, low) + np.where(block <= mid, high, mid)) / 2
+        products += np.einsum("ij,ij->i", block, medians, dtype=np.float64)
+        squares += np.einsum("ij,ij->i", block, block, dtype=np.float64)
+        median_squares += np.einsum("ij,ij->i", medians, medians, dtype=np.float64)
+    return products, squares, median_squares
 
 
 def weight_outliers(updates: Mapping[str, np.ndarray], threshold: float) -> dict[str, dict]:
@@ -143,10 +152,9 @@ def weight_outliers(updates: Mapping[str, np.ndarray], threshold: float) -> dict
     coordinate-wise median of the other clients' weight updates (flattened
     differences from the round's starting model), and its robust z-score."""
     figures: dict[str, dict] = {}
-    for name, others in zip(updates, _medians_of_others(list(updates.values())), strict=True):
-        update = updates[name]
-        norms = float(np.linalg.norm(update) * np.linalg.norm(others))
-        figures[name] = {"distance": round(1.0 - float(update @ others) / norms if norms > 0 else 1.0, 5)}
+    products, squares, median_squares = _against_medians_of_others(list(updates.values()))
+    for name, product, norms in zip(updates, products, np.sqrt(squares * median_squares), strict=True):
+        figures[name] = {"distance": round(1.0 - float(product) / norms if norms > 0 else 1.0, 5)}
     if len(updates) >= MIN_CLIENTS_TO_FLAG:
         z = robust_z({name: f["distance"] for name, f in figures.items()}, WEIGHT_SCALE_FLOOR)
         for name, f in figures.items():

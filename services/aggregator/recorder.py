@@ -75,7 +75,8 @@ def _reason(reply: Message) -> str:
 def _flat_update(trained: ArrayRecord, start: dict[str, np.ndarray]) -> np.ndarray:
     """A client's weight update: its trained weights minus the round's starting ones, flattened."""
     arrays = dict(zip(trained.keys(), trained.to_numpy_ndarrays(), strict=True))
-    return np.concatenate([(arrays[name] - value).ravel() for name, value in start.items()]).astype(np.float32)
+    flat = np.concatenate([(arrays[name] - value).ravel() for name, value in start.items()])
+    return flat.astype(np.float32, copy=False)
 
 
 class RunRecorder:
