@@ -9,7 +9,8 @@ the median of the rounds after the first (which pays for starting up). Peak memo
 the largest sum, over every process that was not there before the run started, of its
 proportional set size (PSS: shared pages split among the processes that share them),
 sampled every 0.5 s. The queue is how many other Explain calls were in progress when a
-call started, from the explainer's log.
+call started, from the explainer's log. Replies that Flower gave up on are listed under
+their run, from its record: each costs its round Flower's timeout.
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ def run_once(engine: str, clients: int, args: argparse.Namespace, work: Path) ->
     later = [entry for entry in document["rounds"] if entry["round"] > 1]
     queue = [int(n) - 1 for n in IN_PROGRESS.findall((run_dir / "logs" / "explainer.log").read_text())]
     explaining = later[-1].get("explaining", {})
+    # A reply Flower gave up on (a ClientApp that crashed, a SuperNode gone) costs its round
+    # Flower's timeout: say so beside the round time.
+    failures = [
+        f"round {entry['round']} {client} {kind}: {reason}"
+        for entry in document["rounds"]
+        for client, figures in entry.get("clients", {}).items()
+        for kind, reason in figures.get("failed", {}).items()
+    ]
     return {
         "wall": time.monotonic() - started,
         "round": statistics.median(entry["seconds"] for entry in later),
@@ -83,6 +92,7 @@ def run_once(engine: str, clients: int, args: argparse.Namespace, work: Path) ->
         "queue_max": max(queue, default=0),
         "queue_median": statistics.median(queue) if queue else 0,
         "peak": peak,
+        "failures": failures,
     }
 
 
@@ -104,18 +114,21 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="fedxai-scale-") as tmp:
             result = run_once(engine, int(clients), args, Path(tmp))
         out(f"  {engine} {clients} clients: {result['wall']:.0f} s")
+        for failure in result["failures"]:
+            out(f"    failed reply, {failure}")
         results.append((engine, int(clients), result))
     out()
     out(f"{args.rounds} rounds each, XAI on, the whole split; round s = median of rounds 2..{args.rounds}")
     out(
         "engine     | clients | trained | explaining per round | round s | s per client trained | server s | "
-        "explainer calls | queue max (median) | peak memory, all processes | accuracy"
+        "explainer calls | queue max (median) | peak memory, all processes | accuracy | failed replies"
     )
     for engine, clients, r in results:
         out(
             f"{engine:10} | {clients:7} | {r['trained']:7} | {r['explaining']:20} | {r['round']:7.1f} | "
             f"{r['round'] / max(r['trained'], 1):20.2f} | {r['server']:8.1f} | {r['calls']:15} | "
-            f"{r['queue_max']:9} ({r['queue_median']:g}) | {r['peak'] / GIB:21.2f} GiB | {r['accuracy']:.1%}"
+            f"{r['queue_max']:9} ({r['queue_median']:g}) | {r['peak'] / GIB:21.2f} GiB | {r['accuracy']:8.1%} | "
+            f"{len(r['failures'])}"
         )
     out("targets: 100 clients within 6 GiB; round time grows no worse than linearly with the clients trained")
 
