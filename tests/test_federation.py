@@ -501,7 +501,9 @@ def test_dry_run_shows_every_process_and_starts_none(tmp_path):
     processes = re.findall(r"^([a-z0-9-]+):$", out, re.M)
     assert processes == ["explainer", "superlink", "supernode-0", "supernode-1", "flwr-run"]
     assert re.search(r"^  command: \S+ -m services.cli explainer --address 127.0.0.1:50999$", out, re.M)
-    assert re.search(r"^  command: flower-superlink --insecure .* --database \S+/work/superlink.db$", out, re.M)
+    assert re.search(
+        r"^  command: flower-superlink --insecure .* --disable-runtime-dependency-installation$", out, re.M
+    )
     assert "partition-id=1 num-partitions=2" in out and "flwr run " in out
     assert "env FEDXAI_S3_SECRET_KEY=****" in out and "s3cr3t-value" not in out
     assert "env FEDXAI_S3_ENDPOINT=127.0.0.1:9" in out

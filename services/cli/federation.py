@@ -190,7 +190,6 @@ class SuperLink:
     port: int
     # The `flwr` connection to it, written to $FLWR_HOME/config.toml.
     connection: dict[str, Any]
-    database: Path
 
 
 def superlink(
@@ -214,14 +213,16 @@ def superlink(
     else:
         security = ["--insecure"]
         connection = {"address": f"{reach}:{port}", "insecure": True}
-    database = work / "superlink.db"
+    # No --database: Flower keeps its state and the messages' objects in memory. With a
+    # file, every object of every message goes through SQLite on disk: it took a 4.8 MB
+    # model 0.9 s to reach the SuperLink, and a reply 2.3 s, where it now takes 0.3 s.
     argv = [
         "flower-superlink", *security, "--host", host, "--port", str(port),
-        "--disable-runtime-dependency-installation", "--database", str(database),
+        "--disable-runtime-dependency-installation",
     ]  # fmt: skip
     if simulation:
         argv.append("--simulation")
-    return SuperLink(Process("superlink", argv, env, cwd=work), port, connection, database)
+    return SuperLink(Process("superlink", argv, env, cwd=work), port, connection)
 
 
 def supernodes(
@@ -339,10 +340,6 @@ def start_explainer(children: Children, address: str, env: dict[str, str]) -> No
 
 def start_superlink(children: Children, link: SuperLink) -> None:
     """Starts the SuperLink, waits for it, and writes the ``flwr`` connection to it."""
-    # A fresh database: the SuperNodes of an earlier SuperLink that was killed were never
-    # removed from it, and the SuperLink would send them messages until their heartbeats expire.
-    for path in link.database.parent.glob(f"{link.database.name}*"):
-        path.unlink()
     children.start(link.process)
     _wait_for_port(link.connection["address"].rsplit(":", 1)[0], link.port, children, "superlink")
     flwr_home = Path(link.process.env["FLWR_HOME"])
