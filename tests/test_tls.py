@@ -105,9 +105,11 @@ def test_aggregator_runs_a_federation_through_a_tls_superlink(certs, tmp_path):
         ],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    # `fedxai trainer`: its SuperNode reaches the SuperLink through the trainer's relay, which
+    # verifies the SuperLink's certificate with the SuperNode's --root-certificates.
     supernode = subprocess.Popen(
         [
-            str(Path(sys.executable).with_name("flower-supernode")), "--superlink", f"127.0.0.1:{port}",
+            FEDXAI, "trainer", "--", "--superlink", f"127.0.0.1:{port}",
             "--root-certificates", str(certs / "ca.crt"), "--host", "127.0.0.1", "--port", str(free_port()),
             "--node-config", f"partition-id=0 num-partitions=1 state-dir='{tmp_path / 'node'}'",
         ],

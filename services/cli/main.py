@@ -358,7 +358,10 @@ def build_parser() -> argparse.ArgumentParser:
         "run a Flower SuperNode whose ClientApps start with torch already imported",
         "Start `flower-supernode SUPERNODE_ARGS --isolation process` and launch each of its ClientApps in a "
         "process forked from this one, which has imported torch and Flower already: about 3 s less per message "
-        "than Flower's own launcher. The SuperNode's Runtime API (--host, --port) must stay on loopback.",
+        "than Flower's own launcher. The SuperNode reaches the SuperLink (--superlink, with --insecure or "
+        "--root-certificates) through a relay on loopback that answers a pull as soon as a message arrives, "
+        "rather than after the SuperNode's 3 s pause. The SuperNode's Runtime API (--host, --port) must stay "
+        "on loopback.",
     )
     trainer.add_argument(
         "supernode_args", nargs="*", metavar="SUPERNODE_ARGS", help="flower-supernode's flags, after --"

@@ -12,6 +12,9 @@ message, which installs and loads the FAB as before, with its imports already do
 child first forgets this project's own modules (this command imported some), so that the
 code that runs is the FAB's, as with Flower's launcher. It launches a task only once the
 SuperNode holds the task's message in full (see ``MESSAGE_IN``).
+
+The SuperNode reaches the SuperLink through a relay on loopback (``fleet_relay``), which
+spares it Flower's 3 s pause after a pull that found no message.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import run_clientapp
 
 from fedxai.settings import SettingsError, is_loopback
+from services.trainer.fleet_relay import FleetRelay, SuperLinkFlags
 
 log = logging.getLogger("fedxai.trainer")
 
@@ -160,6 +164,7 @@ class WarmNode:
     supernode_args: list[str]
     address: str = field(init=False)  # the SuperNode's Runtime API, from its flags
     supernode: subprocess.Popen | None = field(default=None, init=False)
+    relay: FleetRelay | None = field(default=None, init=False)  # between the SuperNode and the SuperLink
     tasks: set[int] = field(default_factory=set, init=False)  # running ClientApps' pids
     # Messages the SuperNode holds in full, and tasks launched: one message each.
     messages_in: int = field(default=0, init=False)
@@ -178,8 +183,12 @@ class WarmNode:
         # The one installed beside this Python, as `flwr` installs it; else the one on PATH.
         beside = Path(sys.executable).with_name("flower-supernode")
         program = str(beside) if beside.is_file() else "flower-supernode"
+        flags = SuperLinkFlags.parse(self.supernode_args)
+        self.relay = FleetRelay(flags)
+        self.relay.start()
+        reach_relay = ["--insecure", "--superlink", f"127.0.0.1:{self.relay.port}"]
         self.supernode = subprocess.Popen(
-            [program, *self.supernode_args, "--isolation", "process"],
+            [program, *flags.others, *reach_relay, "--isolation", "process"],
             preexec_fn=_stop_with_parent,
             stderr=subprocess.PIPE,  # its log, passed on as it comes; see MESSAGE_IN
         )
@@ -290,6 +299,8 @@ class WarmNode:
         for pid in running:
             _signal(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+        if self.relay is not None:
+            self.relay.close()
 
 
 def _stop_with_parent() -> None:

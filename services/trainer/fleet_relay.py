@@ -1,0 +1,198 @@
+"""A relay on loopback between a trainer's SuperNode and the SuperLink, which holds back
+the answer to a pull that found no message until one arrives.
+
+A SuperNode asks for its next message as soon as it has sent a reply. The last trainer to
+reply in a round always finds nothing yet: the aggregator still has to pull the reply,
+average and push the next round. Flower 1.42's SuperNode then sleeps 3 s before it asks
+again (a fixed pause, with no setting), and the whole federation waits: it was about 2.4 s
+of every round in which the aggregator was ready again after 0.6 s.
+
+The relay speaks Flower's Fleet API (protobuf over HTTP) and passes every request on as it
+came, with its headers and node signature. Only an empty answer to a pull it does not pass
+back at once: it asks the SuperLink again, every 50 ms at first and at most every 0.5 s, for
+up to ``HOLD`` seconds, and answers with the first answer that has a message (or the last
+empty one). The SuperNode sees a slow pull, not an empty one. It connects to the relay on
+loopback without TLS; the relay reaches the SuperLink as the SuperNode's flags say (TLS with
+their root certificates, or ``--insecure``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+from flwr.proto.fleet_pb2 import PullMessagesResponse
+from flwr.supercore.constant import SUPERLINK_DEFAULT_CLIENT_ADDRESS
+from google.protobuf.message import DecodeError
+
+log = logging.getLogger("fedxai.trainer")
+
+PULL_PATH = "/v1/fleet/pull-messages"
+# Below the Fleet client's 30 s read timeout, which a held pull must not reach.
+HOLD = 20.0
+FIRST_PAUSE = 0.05
+LONGEST_PAUSE = 0.5
+BACKOFF = 1.5
+UPSTREAM_TIMEOUT = 30.0
+# Headers of one connection, not of the request: each side of the relay sets its own. The
+# relay asks for answers unencoded and passes on their bytes as they are.
+HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host",
+     "content-length", "accept-encoding", "content-encoding")
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SuperLinkFlags:
+    """How the SuperNode's own flags say to reach the SuperLink."""
+
+    address: str
+    insecure: bool
+    root_certificates: str | None
+    others: list[str]  # the rest of the SuperNode's flags, passed on unchanged
+
+    @classmethod
+    def parse(cls, supernode_args: Sequence[str]) -> SuperLinkFlags:
+        address, insecure, root_certificates = SUPERLINK_DEFAULT_CLIENT_ADDRESS, False, None
+        others: list[str] = []
+        args = iter(supernode_args)
+        for arg in args:
+            flag, has_value, value = arg.partition("=")
+            if flag in ("--superlink", "--root-certificates"):
+                given = value if has_value else next(args, None)
+                if given is None:
+                    others.append(arg)  # left for the SuperNode to refuse
+                elif flag == "--superlink":
+                    address = given
+                else:
+                    root_certificates = given
+            elif arg == "--insecure":
+                insecure = True
+            else:
+                others.append(arg)
+        return cls(address, insecure, root_certificates, others)
+
+
+class FleetRelay:
+    """Serves on ``host`` (port ``port``) from ``start`` until ``close``, relaying to the
+    SuperLink; holds an empty pull for up to ``hold`` seconds."""
+
+    def __init__(self, flags: SuperLinkFlags, host: str = "127.0.0.1", hold: float = HOLD) -> None:
+        self.hold = hold
+        scheme = "http" if flags.insecure else "https"
+        verify: str | bool = flags.root_certificates or not flags.insecure
+        self._upstream = httpx.Client(base_url=f"{scheme}://{flags.address}", verify=verify, timeout=UPSTREAM_TIMEOUT)
+        self._closing = threading.Event()
+        self._unreachable = False  # said once per outage, not at every retry of the SuperNode
+        self._server = _RelayServer((host, 0), _RelayHandler, self)
+        self.port: int = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="fleet-relay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stops serving; a pull it holds is answered with what it has."""
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._upstream.close()
+
+    def relay(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> httpx.Response:
+        """The SuperLink's answer to the request; for an empty pull, a later one (see above)."""
+        answer = self._ask(method, path, headers, body)
+        if path != PULL_PATH:
+            return answer
+        deadline = time.monotonic() + self.hold
+        pause = FIRST_PAUSE
+        while _found_nothing(answer) and time.monotonic() + pause < deadline:
+            if self._closing.wait(pause):
+                break
+            answer = self._ask(method, path, headers, body)
+            pause = min(pause * BACKOFF, LONGEST_PAUSE)
+        return answer
+
+    def _ask(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes) -> httpx.Response:
+        try:
+            answer = self._upstream.request(
+                method, path, headers=[*headers, ("Accept-Encoding", "identity")], content=body
+            )
+        except httpx.TransportError as error:
+            if not self._unreachable:
+                log.warning("the SuperLink at %s cannot be reached: %s", self._upstream.base_url, error)
+            self._unreachable = True
+            raise
+        if self._unreachable:
+            log.info("the SuperLink at %s answers again", self._upstream.base_url)
+        self._unreachable = False
+        return answer
+
+
+def _found_nothing(answer: httpx.Response) -> bool:
+    """Whether a pull's answer is a plain "no message yet" (not an error, nor a reconnect)."""
+    if answer.status_code != httpx.codes.OK:
+        return False
+    try:
+        pulled = PullMessagesResponse.FromString(answer.content)
+    except DecodeError:
+        return False
+    return not pulled.messages_list and not pulled.HasField("reconnect")
+
+
+class _RelayServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], relay: FleetRelay) -> None:
+        self.relay = relay
+        super().__init__(address, handler)
+
+
+class _RelayHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keeps the SuperNode's connection open between requests
+    server: _RelayServer
+
+    def do_POST(self) -> None:
+        self._relay()
+
+    def do_GET(self) -> None:
+        self._relay()
+
+    def _relay(self) -> None:
+        length = self.headers.get("Content-Length", "0" if self.command == "GET" else "")
+        if not length.isdigit():
+            # Flower's client always sends one; a body of unknown length cannot be relayed, and
+            # what is left of it on the connection cannot be told from the next request.
+            self.close_connection = True
+            self._answer(
+                httpx.codes.LENGTH_REQUIRED, [], b"a Content-Length header with the body's length is required\n"
+            )
+            return
+        body = self.rfile.read(int(length))
+        headers = [(name, value) for name, value in self.headers.items() if name.lower() not in HOP_BY_HOP]
+        try:
+            answer = self.server.relay.relay(self.command, self.path, headers, body)
+        except httpx.TransportError as error:
+            # Flower's client tries a 502 again, as it would a SuperLink it cannot reach.
+            self._answer(httpx.codes.BAD_GATEWAY, [], f"SuperLink unreachable: {error}\n".encode())
+            return
+        passed_on = [(name, value) for name, value in answer.headers.multi_items() if name.lower() not in HOP_BY_HOP]
+        self._answer(answer.status_code, passed_on, answer.content)
+
+    def _answer(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        # A SuperNode that stopped waiting has closed its end: nothing to answer then.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self.send_response_only(status)  # the SuperLink's own Date and Server headers pass on
+            for name, value in headers:
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        log.debug("fleet relay: " + format, *args)
