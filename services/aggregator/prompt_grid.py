@@ -4,7 +4,7 @@ Flower's ``send_and_receive`` pushes a round's messages, then asks the SuperLink
 replies every 3 seconds: on average 1.5 s lost per exchange, two exchanges a round.
 ``PromptGrid`` wraps the Grid Flower hands the ServerApp and waits through the same
 public ``push_messages``/``pull_messages`` calls, asking again after a short pause
-that grows while nothing comes back (0.05 s, then 1.5 times longer up to 0.5 s), so
+that grows while nothing comes back (0.05 s, then 1.5 times longer up to 0.2 s), so
 that a quiet round costs the SuperLink a few requests a second at most.
 """
 
@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 
 FIRST_PAUSE = 0.05
-LONGEST_PAUSE = 0.5
+LONGEST_PAUSE = 0.2  # the last reply waits at most this long; 5 empty asks a second
 BACKOFF = 1.5
 
 
