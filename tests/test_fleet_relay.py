@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -23,8 +21,11 @@ from flwr.proto.node_pb2 import Node
 from flwr.supercore.constant import SUPERLINK_DEFAULT_CLIENT_ADDRESS
 from flwr.supernode.fleet_http_connection import http_request_response
 
+from services.cli import federation
+from services.cli.federation import flower_env, start_superlink
+from services.cli.processes import Children
 from services.trainer.fleet_relay import LONGEST_PAUSE, PULL_PATH, FleetRelay, SuperLinkFlags
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import free_port
 
 PROTOBUF = {"content-type": "application/protobuf", "flwr-timestamp": "2026-12-03T10:00:00", "x-signature": "c2ln"}
 
@@ -217,22 +218,15 @@ def test_the_superlink_flags_are_taken_from_the_supernodes_and_the_rest_passed_o
 
 @pytest.fixture
 def superlink(tmp_path: Path) -> Iterator[int]:
-    port = free_port()
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("flower-superlink")), "--insecure", "--host", "127.0.0.1",
-         "--port", str(port)],
-        # It starts flower-superexec, installed beside it.
-        cwd=tmp_path,
-        env={**os.environ, "FLWR_HOME": str(tmp_path / "flwr"),
-             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    """A SuperLink as `fedxai run` starts it, on loopback: its port."""
+    env = flower_env(os.environ, tmp_path, {})
+    children = Children(tmp_path, env)
+    link = federation.superlink(tmp_path, env)
     try:
-        wait_for_port(port, process)
-        yield port
+        start_superlink(children, link)
+        yield link.port
     finally:
-        process.terminate()
-        process.wait(10)
+        children.stop_all()
 
 
 def test_flowers_supernode_connection_registers_and_pulls_from_a_real_superlink_through_the_relay(superlink):
