@@ -1,7 +1,8 @@
 """The relay between a trainer's SuperNode and the SuperLink (services/trainer/fleet_relay.py):
-it passes every Fleet API request on as it came, and holds an empty pull until a message
-arrives. Against Flower's own SuperLink for the protocol, and against a Fleet API on
-loopback that queues a message when the test says, for what the relay does in between."""
+it passes every Fleet API request on as it came, holds an empty pull until a message
+arrives, and a pull of an object until its upload is complete. Against Flower's own
+SuperLink for the protocol, and against a Fleet API on loopback that queues a message when
+the test says, for what the relay does in between."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse, Reconnect
-from flwr.proto.message_pb2 import Message, Metadata
+from flwr.proto.message_pb2 import Message, Metadata, PullObjectRequest, PullObjectResponse
 from flwr.proto.node_pb2 import Node
 from flwr.supercore.constant import SUPERLINK_DEFAULT_CLIENT_ADDRESS
 from flwr.supernode.fleet_http_connection import http_request_response
@@ -24,21 +25,23 @@ from flwr.supernode.fleet_http_connection import http_request_response
 from services.cli import federation
 from services.cli.federation import flower_env, start_superlink
 from services.cli.processes import Children
-from services.trainer.fleet_relay import LONGEST_PAUSE, PULL_PATH, FleetRelay, SuperLinkFlags
+from services.trainer.fleet_relay import LONGEST_PAUSE, OBJECT_PATH, PULL_PATH, FleetRelay, SuperLinkFlags
 from tests.conftest import free_port
 
 PROTOBUF = {"content-type": "application/protobuf", "flwr-timestamp": "2026-12-03T10:00:00", "x-signature": "c2ln"}
 
 
 class FleetAPI(ThreadingHTTPServer):
-    """Answers pulls with nothing until ``queue`` is called, other paths with ``answers``;
-    keeps every request it got."""
+    """Answers pulls with nothing until ``queue`` is called, an object's pull with "not
+    available yet" until ``upload`` is called, other paths with ``answers``; keeps every
+    request it got."""
 
     daemon_threads = True
 
     def __init__(self, port: int = 0) -> None:
         self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
         self.queued: bytes | None = None
+        self.uploaded: bytes | None = None
         self.answers: dict[str, tuple[int, bytes]] = {}
         super().__init__(("127.0.0.1", port), _FleetAPIHandler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -47,8 +50,11 @@ class FleetAPI(ThreadingHTTPServer):
         message = Message(metadata=Metadata(message_id=message_id, message_type="train"))
         self.queued = PullMessagesResponse(messages_list=[message]).SerializeToString()
 
-    def pulls(self) -> int:
-        return sum(path == PULL_PATH for _, path, _, _ in self.requests)
+    def upload(self, content: bytes) -> None:
+        self.uploaded = content
+
+    def pulls(self, of: str = PULL_PATH) -> int:
+        return sum(path == of for _, path, _, _ in self.requests)
 
     def stop(self) -> None:
         self.shutdown()
@@ -66,6 +72,10 @@ class _FleetAPIHandler(BaseHTTPRequestHandler):
             status, answer = self.server.answers[self.path]
         elif self.path == PULL_PATH:
             status, answer = 200, self.server.queued or PullMessagesResponse().SerializeToString()
+        elif self.path == OBJECT_PATH:
+            content = self.server.uploaded
+            pulled = PullObjectResponse(object_found=True, object_available=content is not None, object_content=content)
+            status, answer = 200, pulled.SerializeToString()
         else:
             status, answer = 404, b"no such path"
         self.send_response(status)
@@ -130,6 +140,32 @@ def test_a_pull_that_finds_nothing_for_the_whole_hold_is_answered_empty(fleet_ap
     assert answer.status_code == 200
     assert not PullMessagesResponse.FromString(answer.content).messages_list
     assert held >= 1.0 - LONGEST_PAUSE and fleet_api.pulls() > 2
+
+
+def pull_object(relay: FleetRelay) -> httpx.Response:
+    body = PullObjectRequest(node=Node(node_id=7), run_id=1, object_id="model").SerializeToString()
+    return httpx.post(f"http://127.0.0.1:{relay.port}{OBJECT_PATH}", content=body, headers=PROTOBUF, timeout=30)
+
+
+def test_an_object_still_uploading_is_held_until_it_is_available(fleet_api, relay):
+    # Without the hold, Flower's SuperNode waits 1 s before it asks again for the model that
+    # the aggregator is still uploading.
+    model = os.urandom(4_800_000)
+    threading.Timer(0.5, fleet_api.upload, [model]).start()
+    started = time.monotonic()
+    answer = pull_object(relay)
+    held = time.monotonic() - started
+    pulled = PullObjectResponse.FromString(answer.content)
+    assert (answer.status_code, pulled.object_available, pulled.object_content == model) == (200, True, True)
+    assert fleet_api.pulls(OBJECT_PATH) > 2, "the relay asked again while the upload was not complete"
+    assert 0.5 <= held < 0.5 + LONGEST_PAUSE
+
+
+def test_an_object_the_superlink_does_not_know_is_passed_on_at_once(fleet_api, relay):
+    fleet_api.answers[OBJECT_PATH] = (200, PullObjectResponse(object_found=False).SerializeToString())
+    answer = pull_object(relay)
+    assert not PullObjectResponse.FromString(answer.content).object_found
+    assert fleet_api.pulls(OBJECT_PATH) == 1
 
 
 @pytest.mark.parametrize(
