@@ -44,7 +44,7 @@ protos: install ## regenerate fedxai/v1 from protos/ (tests fail when they drift
 # The quality benchmark scores the global checkpoints of the newest 5-round run of xaitest.
 QUALITY_TASK := outputs/xaitest
 
-bench: install ## print the benchmark figures (explainer, explanation quality, then federation)
+bench: install ## print the benchmark figures (explainer, explanation quality, federation, then the trainers' relay)
 	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/explainer_bench.py
 	ls $(QUALITY_TASK)/runs/*/round-005/global_model.safetensors >/dev/null 2>&1 || \
@@ -52,6 +52,7 @@ bench: install ## print the benchmark figures (explainer, explanation quality, t
 	$(BIN)/python benchmarks/xai_quality.py --run-dir $(QUALITY_TASK) --rounds 1 2 3 4 5 \
 		$(if $(DATA_DIR),--data-dir $(DATA_DIR))
 	$(BIN)/python benchmarks/federation_bench.py --accuracy $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+	$(BIN)/python benchmarks/relay_bench.py
 
 clean: ## remove the venv, caches and run state (not ./outputs)
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .fedxai

@@ -239,6 +239,15 @@ def test_stopping_a_run_stops_what_its_dead_children_left_behind(tmp_path):
     while not pid_file.exists() or not pid_file.read_text().strip():
         time.sleep(0.01)
     orphan = int(pid_file.read_text())
+    # The pid is written at fork: wait until the orphan has become `sleep`, its environment
+    # set up (read mid-exec, /proc shows an empty one).
+    deadline = time.monotonic() + 10
+    while not (
+        Path(f"/proc/{orphan}/cmdline").read_bytes().startswith(b"sleep\0")
+        and Path(f"/proc/{orphan}/environ").read_bytes()
+    ):
+        assert time.monotonic() < deadline, "the orphan never started sleeping"
+        time.sleep(0.01)
     assert marked_processes(children.mark) == {orphan}, "the orphan carries the mark"
     children.stop_all()
     assert marked_processes(children.mark) == set()

@@ -102,9 +102,13 @@ class Children:
                 os.kill(pid, signal.SIGKILL)
         # A process started meanwhile by one that was stopping, or left by one that died
         # before (a SuperLink killed mid-run leaves its app processes to init), is found by
-        # its mark: sweep until none is left.
+        # its mark: sweep until none is left in two sweeps running (a process caught in the
+        # middle of exec shows /proc an empty environment, so one sweep can miss it).
         deadline = time.monotonic() + STOP_GRACE
-        while (left := marked_processes(self.mark)) and time.monotonic() < deadline:
+        clean_sweeps = 0
+        while clean_sweeps < 2 and time.monotonic() < deadline:
+            left = marked_processes(self.mark)
+            clean_sweeps = 0 if left else clean_sweeps + 1
             for pid in left:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
