@@ -31,12 +31,13 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 
 import httpx
 from flwr.proto.fleet_pb2 import PullMessagesResponse
 from flwr.proto.message_pb2 import PullObjectResponse
 from flwr.supercore.constant import SUPERLINK_DEFAULT_CLIENT_ADDRESS
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 
 log = logging.getLogger("fedxai.trainer")
 
@@ -143,27 +144,30 @@ class FleetRelay:
         return answer
 
 
+MessageT = TypeVar("MessageT", bound=Message)
+
+
+def _decoded(answer: httpx.Response, kind: type[MessageT]) -> MessageT | None:
+    """An OK answer's body as ``kind``, or None for an error or a body that is not one."""
+    if answer.status_code != httpx.codes.OK:
+        return None
+    try:
+        return kind.FromString(answer.content)
+    except DecodeError:
+        return None
+
+
 def _found_nothing(answer: httpx.Response) -> bool:
     """Whether a pull's answer is a plain "no message yet" (not an error, nor a reconnect)."""
-    if answer.status_code != httpx.codes.OK:
-        return False
-    try:
-        pulled = PullMessagesResponse.FromString(answer.content)
-    except DecodeError:
-        return False
-    return not pulled.messages_list and not pulled.HasField("reconnect")
+    pulled = _decoded(answer, PullMessagesResponse)
+    return pulled is not None and not pulled.messages_list and not pulled.HasField("reconnect")
 
 
 def _uploading(answer: httpx.Response) -> bool:
     """Whether an object's answer says it is expected but not uploaded in full yet (an object
     the SuperLink does not know at all is an error for the SuperNode, passed on at once)."""
-    if answer.status_code != httpx.codes.OK:
-        return False
-    try:
-        pulled = PullObjectResponse.FromString(answer.content)
-    except DecodeError:
-        return False
-    return pulled.object_found and not pulled.object_available
+    pulled = _decoded(answer, PullObjectResponse)
+    return pulled is not None and pulled.object_found and not pulled.object_available
 
 
 # The answers held back, by path: what a "not yet" looks like.
