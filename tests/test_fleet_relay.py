@@ -158,7 +158,7 @@ def test_an_object_still_uploading_is_held_until_it_is_available(fleet_api, rela
     pulled = PullObjectResponse.FromString(answer.content)
     assert (answer.status_code, pulled.object_available, pulled.object_content == model) == (200, True, True)
     assert fleet_api.pulls(OBJECT_PATH) > 2, "the relay asked again while the upload was not complete"
-    assert 0.5 <= held < 0.5 + LONGEST_PAUSE
+    assert held >= 0.5
 
 
 def test_an_object_the_superlink_does_not_know_is_passed_on_at_once(fleet_api, relay):
