@@ -24,6 +24,7 @@ import httpx
 from flwr.proto.message_pb2 import PullObjectRequest, PullObjectResponse
 from flwr.proto.node_pb2 import Node
 
+from services.cli.progress import say
 from services.trainer.fleet_relay import OBJECT_PATH, FleetRelay, SuperLinkFlags
 
 SIZES = {"small object (300 B)": 300, "model (4.8 MB)": 4_800_000}
@@ -51,11 +52,6 @@ class _ObjectHandler(BaseHTTPRequestHandler):
         pass
 
 
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
-
-
 def median_ms(port: int, requests: int) -> float:
     body = PullObjectRequest(node=Node(node_id=7), run_id=1, object_id="object").SerializeToString()
     headers = {"Content-Type": "application/protobuf"}
@@ -77,7 +73,7 @@ def main() -> None:
     relay = FleetRelay(SuperLinkFlags.parse(["--insecure", "--superlink", f"127.0.0.1:{server.server_address[1]}"]))
     relay.start()
     try:
-        say(f"{'request':<22} | straight ms | through the relay ms | ratio")
+        say(sys.stdout, f"{'request':<22} | straight ms | through the relay ms | ratio")
         for name, size in SIZES.items():
             content = os.urandom(size)
             server.answer = PullObjectResponse(
@@ -89,7 +85,7 @@ def main() -> None:
                 straight.append(median_ms(server.server_address[1], args.requests // 4))
                 relayed.append(median_ms(relay.port, args.requests // 4))
             direct, through = statistics.median(straight), statistics.median(relayed)
-            say(f"{name:<22} | {direct:11.2f} | {through:20.2f} | {through / direct:.2f}x")
+            say(sys.stdout, f"{name:<22} | {direct:11.2f} | {through:20.2f} | {through / direct:.2f}x")
     finally:
         relay.close()
         server.shutdown()
