@@ -131,6 +131,8 @@ def bench_rounds(args: argparse.Namespace, work: Path, env: dict[str, str]) -> N
                                 "xai-enabled": variant != "xai-off",
                                 "explain-federation": variant.startswith("xai-on"),
                                 "explainer-address": explainer,
+                                # As `fedxai run` sets it: these trainers share the aggregator's store.
+                                "model-transfer": "store",
                                 **common,
                             },
                         )

@@ -23,6 +23,11 @@ STRATEGIES = ("FedAvg",)
 MAX_SAMPLES_PER_CLASS = 64
 OPTIMIZERS = ("sgd", "adam")
 PARTITIONINGS = ("iid", "dirichlet")
+# How the models travel between the aggregator and the trainers: in Flower's messages, or
+# through the run's store, the messages naming them (key and SHA-256). A read or a write of
+# the store replaces Flower's transfers of the model, in ~20 parts, through the SuperLink
+# and the SuperNode, and their waits.
+MODEL_TRANSFERS = ("message", "store")
 # Run-config names of the CAM methods, as proto enum names.
 CAM_METHODS = {
     "grad-cam": "CAM_METHOD_GRAD_CAM",
@@ -79,6 +84,7 @@ class TaskConfig:
     min_train_nodes: int
     fraction_evaluate: float
     min_evaluate_nodes: int
+    model_transfer: str
     cam_method: str
     samples_per_class: int
     # Of the clients that evaluate, this share, at most ``max_explained_clients`` of
@@ -144,6 +150,7 @@ class TaskConfig:
         _choice("strategy", self.strategy, STRATEGIES)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("partitioning", self.partitioning, PARTITIONINGS)
+        _choice("model-transfer", self.model_transfer, MODEL_TRANSFERS)
         _choice("cam-method", self.cam_method, tuple(CAM_METHODS))
         _choice("attack", self.attack, ATTACKS)
         # Maps compared across clients must come from one method, not auto's choice per map.

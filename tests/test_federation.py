@@ -165,9 +165,15 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
                 picture = decode_jpeg((out / round_dir / client / f"gradcam_class_{label}.jpg").read_bytes())
                 assert picture.shape[1] > 3 * picture.shape[0] / 2  # three panels side by side
 
+    # `fedxai run`'s trainers share its store, so the models went through it: round 1's read the
+    # initial model's checkpoint, and every trained model was read back once, then deleted.
+    assert (out / "round-000" / "global_model.safetensors").is_file()
+    assert not list(out.glob("round-*/updates/*/model.safetensors"))
+
     document = metrics(tmp_path)
     assert (document["status"], document["run_id"], document["reason"]) == ("finished", out.name, None)
     assert document["started_at"] <= document["finished_at"] and document["config"]["run-id"] == out.name
+    assert document["config"]["model-transfer"] == "store"
     accuracy = [entry["global"]["accuracy"] for entry in document["rounds"]]
     assert [entry["round"] for entry in document["rounds"]] == [0, 1, 2]
     # Every round's global model has learned. On 800 samples a client, round 2's may sit a

@@ -59,6 +59,7 @@ def test_override_values_are_toml_with_bare_words_as_strings():
         ({"architecture": "vgg"}, "architecture='vgg' is not one of"),
         ({"dataset": "cifar100"}, "dataset='cifar100' is not one of mnist, fashion-mnist, image-folder"),
         ({"samples-per-class": 65}, "samples-per-class must be at most 64"),
+        ({"model-transfer": "s3"}, "model-transfer='s3' is not one of message, store"),
     ],
 )
 def test_bad_settings_are_refused_with_their_name(overrides, message):

@@ -29,6 +29,7 @@ _ROUND_DIR = re.compile(r"round-(\d{3,})")
 
 MANIFEST_NAME = "explanations.json"
 GLOBAL_MODEL_NAME = "global_model.safetensors"
+UPDATE_MODEL_NAME = "model.safetensors"  # a client's trained model, until it is aggregated
 METRICS_NAME = "metrics.json"
 CLASS_IMAGE_PREFIX = "gradcam_class_"
 
@@ -143,6 +144,12 @@ class Folder:
 
 def global_model_key(task_id: str, run_id: str, round_number: int) -> str:
     return f"{round_prefix(task_id, run_id, round_number)}/{GLOBAL_MODEL_NAME}"
+
+
+def update_model_key(task_id: str, run_id: str, round_number: int, client_id: str) -> str:
+    """Where a trainer puts the model it trained in the round, with model-transfer=store."""
+    validate_client_id("client-id", client_id)
+    return f"{Folder(task_id, run_id, round_number, 'update', client_id).prefix}/{UPDATE_MODEL_NAME}"
 
 
 def metrics_key(task_id: str, run_id: str) -> str:

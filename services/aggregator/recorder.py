@@ -22,10 +22,12 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedxai import learning
 from fedxai.data import Dataset
+from fedxai.errors import InvalidArgument
+from fedxai.model_transfer import TransferError, read_model
 from fedxai.models import Architecture
 from fedxai.records import RoundRecord, RunRecord, RunStatus
 from fedxai.storage import ObjectStore
-from fedxai.storage.layout import global_model_key, metrics_key
+from fedxai.storage.layout import global_model_key, metrics_key, update_model_key
 from fedxai.task import TaskConfig
 from fedxai.tensors import encode_state_dict, sha256_hex
 from services.aggregator.comparison import weight_outliers
@@ -77,6 +79,33 @@ def _flat_update(trained: ArrayRecord, start: dict[str, np.ndarray]) -> np.ndarr
     arrays = dict(zip(trained.keys(), trained.to_numpy_ndarrays(), strict=True))
     flat = np.concatenate([(arrays[name] - value).ravel() for name, value in start.items()])
     return flat.astype(np.float32, copy=False)
+
+
+def models_from_store(
+    store: ObjectStore, task: TaskConfig, server_round: int, replies: list[Message]
+) -> tuple[list[Message], dict[int, str]]:
+    """With model-transfer=store: the replies whose trained model the store gives back as
+    they name it, the model put in their content (and deleted from the store: it is
+    averaged now), and, by node, why the others' could not be read (they are left out).
+    Replies that carry their model, or none, are kept as they are."""
+    received, failed = [], {}
+    for reply in replies:
+        if reply.has_error() or "update" not in reply.content:
+            received.append(reply)
+            continue
+        named = reply.content.config_records["update"]
+        try:
+            key = update_model_key(task.task_name, task.run_id, server_round, client_of(reply))
+            if str(named.get("key")) != key:  # a trainer puts its own model, nobody else's
+                raise TransferError(f"its reply names {str(named.get('key'))!r}, not {key}")
+            state = read_model(store, key, str(named.get("sha256")))
+        except (TransferError, InvalidArgument) as error:
+            failed[reply.metadata.src_node_id] = f"its trained model: {error}"
+            continue
+        store.delete(key)
+        reply.content["arrays"] = ArrayRecord(state)
+        received.append(reply)
+    return received, failed
 
 
 class RunRecorder:
@@ -230,6 +259,10 @@ class RunRecorder:
                     target[key] = value
             if entry is not None:
                 self._write()
+
+    def record_failure(self, server_round: int, node: int, stage: str, reason: str) -> None:
+        """Notes why a node that replied is left out of the round's ``stage`` nonetheless."""
+        self._failures.setdefault(server_round, {}).setdefault(node, {})[stage] = reason
 
     def _record_failures(self, server_round: int, stage: str, replies: list[Message], sent_to: set[int]) -> None:
         """Notes why each node ``sent_to`` did not answer (an error carries the node id
@@ -394,7 +427,7 @@ class RecordingFedAvg(FedAvg):
         self._sent_to = {message.metadata.dst_node_id for message in messages}
         if self._folded is not None:
             messages = self._tell_who_explains(evaluated, messages, arrays, config, MessageType.TRAIN)
-        return messages
+        return self._delivered(evaluated, messages, arrays)
 
     def aggregate_train(self, server_round, replies):  # type: ignore[no-untyped-def]
         with self.recorder.server_work():
@@ -404,7 +437,14 @@ class RecordingFedAvg(FedAvg):
         if self._folded is not None:
             evaluated = [reply for reply in replies if reply.has_error() or "evaluation" in reply.content]
             self._record_evaluation(self._folded, evaluated, in_round=server_round)
-        trained = {client_of(r): r.content["arrays"] for r in replies if not r.has_error() and "arrays" in r.content}
+        with_models, failed = models_from_store(self.recorder.store, self.recorder.task, server_round, replies)
+        for node, reason in failed.items():
+            self.recorder.record_failure(server_round, node, "train", reason)
+        trained = {
+            client_of(r): r.content.array_records["arrays"]
+            for r in with_models
+            if not r.has_error() and "arrays" in r.content.array_records
+        }
         if len(trained) >= 2:
             updates = {client: _flat_update(arrays, self._round_start) for client, arrays in trained.items()}
             weights = weight_outliers(updates, self.recorder.task.flag_threshold)
@@ -419,9 +459,9 @@ class RecordingFedAvg(FedAvg):
             explained = self.probe.explain_updates(
                 server_round, {client: trained[client].to_torch_state_dict() for client in sample}
             )
-        kept = replies
+        kept = with_models
         if self.exclude_flagged:
-            kept = self._without_flagged(server_round, replies, sample, explained)
+            kept = self._without_flagged(server_round, with_models, sample, explained)
         arrays, metrics = super().aggregate_train(server_round, kept)
         self.recorder.record_train(server_round, replies, metrics, self._sent_to)
         if self.probe is not None and arrays is not None:
@@ -457,7 +497,26 @@ class RecordingFedAvg(FedAvg):
         config.update(self._evaluation_config(server_round, arrays))
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))
         self._sent_to = {message.metadata.dst_node_id for message in messages}
-        return self._tell_who_explains(server_round, messages, arrays, config, MessageType.EVALUATE)
+        messages = self._tell_who_explains(server_round, messages, arrays, config, MessageType.EVALUATE)
+        return self._delivered(server_round, messages, arrays)
+
+    def _delivered(self, model_round: int, messages: list[Message], arrays: ArrayRecord) -> list[Message]:
+        """``messages``; with model-transfer=store, copies that name the checkpoint of
+        ``arrays``, the global model of ``model_round``, instead of carrying it (its key and
+        SHA-256), and the run the trainers put their trained models in."""
+        task = self.recorder.task
+        if task.model_transfer != "store":
+            return messages
+        key, sha256 = self.recorder.checkpoint(model_round, arrays)
+        named = {"model-key": key, "model-sha256": sha256, "run-id": task.run_id}
+        delivered = []
+        for message in messages:
+            content = RecordDict({name: r for name, r in message.content.items() if name != self.arrayrecord_key})
+            config = message.content.config_records[self.configrecord_key]
+            content[self.configrecord_key] = ConfigRecord({**config, **named})
+            metadata = message.metadata
+            delivered.append(Message(content, dst_node_id=metadata.dst_node_id, message_type=metadata.message_type))
+        return delivered
 
     def _evaluation_config(self, server_round: int, arrays: ArrayRecord) -> dict[str, Any]:
         """What a node needs to evaluate the global model of ``server_round`` and have it explained."""

@@ -85,14 +85,21 @@ def _task_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return overrides
 
 
-def _task(args: argparse.Namespace, app_dir: Path, clients: int | None = None) -> TaskConfig:
-    """The task to run: a new run, or the run ``--resume`` names, continued."""
+def _task(
+    args: argparse.Namespace, app_dir: Path, clients: int | None = None, shared_store: bool = False
+) -> TaskConfig:
+    """The task to run: a new run, or the run ``--resume`` names, continued. With
+    ``shared_store`` (trainers on this machine, using the aggregator's store), the models
+    go through the store unless the command line says otherwise."""
     from services.cli.federation import named, resumed_task
     from services.cli.tasks import build_task
 
+    overrides = _task_overrides(args)
+    if shared_store:
+        overrides.setdefault("model-transfer", "store")
     if args.resume:
-        return resumed_task(app_dir, _task_overrides(args), _storage(args), args.resume)
-    return named(build_task(app_dir, _task_overrides(args), clients))
+        return resumed_task(app_dir, overrides, _storage(args), args.resume)
+    return named(build_task(app_dir, overrides, clients))
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -113,7 +120,8 @@ def _run(args: argparse.Namespace) -> int:
         raise SettingsError("--client-cpus and --client-gpus set the resources of simulated clients: add --simulation")
     app_dir = Path(args.app_dir) if args.app_dir else default_app_dir()
     options = RunOptions(
-        task=_task(args, app_dir, args.clients),
+        # Simulated clients get their messages in memory: the store would only add reads and writes.
+        task=_task(args, app_dir, args.clients, shared_store=simulation is None),
         clients=args.clients,
         storage=_storage(args),
         app_dir=app_dir,

@@ -1,6 +1,8 @@
 """The Flower ClientApp: local training, local evaluation, then explanations.
 
-A training message carries the previous round's global model; when its config names
+A training message carries the previous round's global model (with model-transfer=store,
+it names the model's checkpoint in the run's store, and the trained model goes back the same
+way; see ``fedxai.model_transfer``); when its config names
 an ``evaluate-round``, the trainer evaluates that model and has it explained before it
 trains on it, and the reply carries the evaluation. The aggregator asks for that when
 every node trains and evaluates every round; the last round's model, and every round's
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from logging import INFO
 from pathlib import Path
 
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common import log
@@ -28,8 +31,11 @@ from fedxai import learning
 from fedxai.attacks import poison
 from fedxai.data import Dataset, fit_to, load_pool, partition, train_validation_split
 from fedxai.delivery import Delivery, Outbox, deliver
+from fedxai.model_transfer import TransferError, put_model, read_model
 from fedxai.models import Architecture, architectures
-from fedxai.settings import TRAINER_STATE_DIR_VARIABLE, SettingsError, explainer_token
+from fedxai.settings import TRAINER_STATE_DIR_VARIABLE, SettingsError, StorageSettings, explainer_token
+from fedxai.storage import ObjectStore, open_store
+from fedxai.storage.layout import update_model_key
 from fedxai.task import CAM_METHODS, TaskConfig, validate_id_setting
 from fedxai.v1 import explainer_pb2 as pb
 from services.trainer.explainer_link import build_request
@@ -100,8 +106,38 @@ def _setup(msg: Message, context: Context) -> Local:
         fit_to(share, arch.input_shape), task.validation_fraction, task.seed + node.partition_id
     )
     model = arch.factory()
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    model.load_state_dict(global_model(msg.content, os.environ))
     return Local(task, node, arch, model, train_data, validation, pool.class_names)
+
+
+def global_model(content: RecordDict, env: Mapping[str, str]) -> dict[str, torch.Tensor]:
+    """The global model a message's ``content`` brings: its arrays, or, with
+    model-transfer=store, the checkpoint its config names, read from the store ``env``
+    configures."""
+    config = content.config_records["config"]
+    if "model-key" not in config:
+        return content.array_records["arrays"].to_torch_state_dict()
+    try:
+        return read_model(_store(env), str(config["model-key"]), str(config["model-sha256"]))
+    except TransferError as error:
+        raise SettingsError(
+            f"model-transfer=store: {error}. A trainer must use the aggregator's store "
+            "(FEDXAI_OUTPUT_DIR or FEDXAI_S3_*); else run with model-transfer=message"
+        ) from None
+
+
+def put_update(
+    config: ConfigRecord, task_name: str, client_id: str, state_dict: Mapping[str, torch.Tensor], env: Mapping[str, str]
+) -> ConfigRecord:
+    """With model-transfer=store: stores the model trained in the round ``config`` names
+    where the aggregator reads it; the record that names it in the reply."""
+    key = update_model_key(task_name, str(config["run-id"]), int(config["server-round"]), client_id)  # type: ignore[arg-type]
+    return ConfigRecord({"key": key, "sha256": put_model(_store(env), key, state_dict)})
+
+
+def _store(env: Mapping[str, str]) -> ObjectStore:
+    """The store of ``env``: with model-transfer=store, it must be the aggregator's."""
+    return open_store(StorageSettings.from_env(env))
 
 
 def _reply(msg: Message, node: Node, metrics: MetricRecord, arrays: ArrayRecord | None = None) -> Message:
@@ -144,7 +180,11 @@ def train(msg: Message, context: Context) -> Message:
             "train-seconds": time.perf_counter() - started,
         }
     )
-    reply = _reply(msg, node, metrics, ArrayRecord(model.state_dict()))
+    if "model-key" in config:  # the global model came through the store: the trained one goes back so
+        reply = _reply(msg, node, metrics)
+        reply.content["update"] = put_update(config, task.task_name, node.client_id, model.state_dict(), os.environ)
+    else:
+        reply = _reply(msg, node, metrics, ArrayRecord(model.state_dict()))
     if evaluation is not None:
         # A config record: Flower's FedAvg takes exactly one metric record from a training reply.
         reply.content["evaluation"] = ConfigRecord(dict(evaluation))
