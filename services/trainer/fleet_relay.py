@@ -15,7 +15,7 @@ setting) before it asks again, while the model's upload takes a few hundred mill
 The relay speaks Flower's Fleet API (protobuf over HTTP) and passes every request on as it
 came, with its headers and node signature. Only an empty answer to a pull of messages, and
 an "uploaded but not yet available" answer to a pull of an object, it does not pass back at
-once: it asks the SuperLink again, every 50 ms at first and at most every 0.5 s, for up to
+once: it asks the SuperLink again, every 50 ms at first and at most every 0.25 s, for up to
 ``HOLD`` seconds, and answers with the first answer that has what was asked for (or the
 last one). The SuperNode sees a slow pull, not an empty one. It connects to the relay on
 loopback without TLS; the relay reaches the SuperLink as the SuperNode's flags say (TLS
@@ -46,7 +46,7 @@ OBJECT_PATH = "/v1/fleet/pull-object"
 # Below the Fleet client's 30 s read timeout, which a held pull must not reach.
 HOLD = 20.0
 FIRST_PAUSE = 0.05
-LONGEST_PAUSE = 0.5
+LONGEST_PAUSE = 0.25  # the next round's message waits this long at most; 4 asks a second
 BACKOFF = 1.5
 UPSTREAM_TIMEOUT = 30.0
 # Headers of one connection, not of the request: each side of the relay sets its own. The

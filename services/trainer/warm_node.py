@@ -170,6 +170,7 @@ class WarmNode:
     messages_in: int = field(default=0, init=False)
     launched: int = field(default=0, init=False)
     _message_in: threading.Condition = field(default_factory=threading.Condition, init=False)
+    _message_logged: threading.Event = field(default_factory=threading.Event, init=False)  # wakes the task loop
     # Held while the log is written and while forking: a child must not inherit stderr's buffer locked.
     _writing: threading.Lock = field(default_factory=threading.Lock, init=False)
 
@@ -223,7 +224,10 @@ class WarmNode:
                 self._launch(response.task.task_id, response.token)
                 pause = FIRST_PAUSE
                 continue
-            time.sleep(pause)
+            # The SuperNode logs when it holds a message, whose task it hands out already:
+            # that line, rather than the pause's end, says when to ask again.
+            if self._message_logged.wait(pause):
+                self._message_logged.clear()
             pause = min(pause * BACKOFF, LONGEST_PAUSE)
 
     def _pass_on_log(self, stream: BinaryIO) -> None:
@@ -236,6 +240,7 @@ class WarmNode:
                 with self._message_in:
                     self.messages_in += 1
                     self._message_in.notify_all()
+                self._message_logged.set()
 
     def _wait_for_message(self, task_id: int) -> None:
         """Until the SuperNode holds the task's message in full (it handles one at a time)."""
