@@ -61,7 +61,7 @@ def named_global_model(store: ObjectStore, mnist: tuple, model: dict[str, torch.
     recorder = RunRecorder(store, TASK, arch, Dataset(images[:20, None] / 255.0, labels[:20]))
     key, sha256 = recorder.checkpoint(ROUND - 1, ArrayRecord(model))
     config = {"server-round": ROUND, "model-key": key, "model-sha256": sha256, "run-id": RUN}
-    return RecordDict({"config": ConfigRecord(config)})  # type: ignore[dict-item]
+    return RecordDict({"config": ConfigRecord(config)})
 
 
 def reply(client_id: str, node: int, content: dict[str, Any]) -> SimpleNamespace:
@@ -99,7 +99,7 @@ def test_the_trained_model_goes_back_through_the_store_once(shared, mnist):
     store, env = shared
     config = named_global_model(store, mnist, a_model(1))["config"]
     trained = a_model(3)
-    update = put_update(config, TASK.task_name, "client-0", trained, env)  # type: ignore[arg-type]
+    update = put_update(config, TASK.task_name, "client-0", trained, env)
     key = update_model_key(TASK.task_name, RUN, ROUND, "client-0")
     assert update["key"] == key and store.exists(key)
 
@@ -127,9 +127,9 @@ def test_replies_that_carry_their_model_are_kept_as_they_are(shared):
 def test_a_model_that_cannot_be_read_leaves_its_client_out_with_the_reason(shared, mnist, client_id, spoil, reason):
     store, env = shared
     config = named_global_model(store, mnist, a_model(1))["config"]
-    honest = put_update(config, TASK.task_name, "client-0", a_model(3), env)  # type: ignore[arg-type]
+    honest = put_update(config, TASK.task_name, "client-0", a_model(3), env)
     own = update_model_key(TASK.task_name, RUN, ROUND, "client-1")
-    update = put_update(config, TASK.task_name, "client-1", a_model(4), env)  # type: ignore[arg-type]
+    update = put_update(config, TASK.task_name, "client-1", a_model(4), env)
     if spoil == "replace":
         store.put(own, encode_state_dict(a_model(5), {}), "application/octet-stream")
     elif spoil == "delete":
@@ -138,6 +138,6 @@ def test_a_model_that_cannot_be_read_leaves_its_client_out_with_the_reason(share
         update = ConfigRecord({**update, "key": honest["key"]})
 
     replies = [reply("client-0", 11, {"update": honest}), reply(client_id, 12, {"update": update})]
-    received, failed = models_from_store(store, TASK, ROUND, replies)  # type: ignore[arg-type]
+    received, failed = models_from_store(store, TASK, ROUND, replies)
     assert [r.content["client"]["client-id"] for r in received] == ["client-0"]
     assert list(failed) == [12] and failed[12].startswith("its trained model: ") and reason in failed[12]
