@@ -18,10 +18,13 @@ class TransferError(Exception):
     """A named model that cannot be read: not in the store, or not the bytes the message names."""
 
 
-def put_model(store: ObjectStore, key: str, state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Stores the model at ``key`` as safetensors; the SHA-256 of what was stored."""
-    data = encode_state_dict(dict(state_dict), {})
-    store.put(key, data, "application/octet-stream")
+def put_model(
+    store: ObjectStore, key: str, state_dict: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> str:
+    """Stores the model at ``key`` as safetensors, ``metadata`` in its header and on the
+    object; the SHA-256 of what was stored."""
+    data = encode_state_dict(dict(state_dict), dict(metadata or {}))
+    store.put(key, data, "application/octet-stream", metadata=metadata)
     return sha256_hex(data)
 
 

@@ -23,13 +23,12 @@ from flwr.serverapp.strategy import FedAvg
 from fedxai import learning
 from fedxai.data import Dataset
 from fedxai.errors import InvalidArgument
-from fedxai.model_transfer import TransferError, read_model
+from fedxai.model_transfer import TransferError, put_model, read_model
 from fedxai.models import Architecture
 from fedxai.records import RoundRecord, RunRecord, RunStatus
 from fedxai.storage import ObjectStore
 from fedxai.storage.layout import global_model_key, metrics_key, update_model_key
 from fedxai.task import TaskConfig
-from fedxai.tensors import encode_state_dict, sha256_hex
 from services.aggregator.comparison import weight_outliers
 from services.aggregator.probe import ProbeExplainer
 
@@ -304,9 +303,7 @@ class RunRecorder:
                 "run": self.task.run_id,
                 "round": str(server_round),
             }
-            data = encode_state_dict(arrays.to_torch_state_dict(), metadata)
-            self.store.put(key, data, "application/octet-stream", metadata=metadata)
-            self._checkpoints[server_round] = (key, sha256_hex(data))
+            self._checkpoints[server_round] = (key, put_model(self.store, key, arrays.to_torch_state_dict(), metadata))
         return self._checkpoints[server_round]
 
     def evaluate_global(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
