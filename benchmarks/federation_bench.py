@@ -113,7 +113,7 @@ def bench_rounds(args: argparse.Namespace, work: Path, env: dict[str, str]) -> N
         defaults = {
             k: v for k, v in flower_env(env, work / "bare", storage_env).items() if not k.startswith("FLWR_SUPEREXEC")
         }
-        bare = start_federation(bare_children, work / "bare", args.clients, defaults, warm_clientapps=False)
+        bare = start_federation(bare_children, work / "bare", args.clients, defaults, flower_defaults=True)
         for repeat in range(args.repeats):
             for variant in rounds:
                 name = f"bench-{variant}-{repeat}"

@@ -1,4 +1,4 @@
-"""Relay benchmark: what the trainer's relay (services/trainer/fleet_relay.py) adds to a
+"""Relay benchmark: what the trainer's relay (services/relay.py) adds to a
 Fleet API request, measured side by side with the same request sent straight to the server.
 
     python benchmarks/relay_bench.py [--requests 200]
@@ -25,7 +25,7 @@ from flwr.proto.message_pb2 import PullObjectRequest, PullObjectResponse
 from flwr.proto.node_pb2 import Node
 
 from services.cli.progress import say
-from services.trainer.fleet_relay import OBJECT_PATH, FleetRelay, SuperLinkFlags
+from services.relay import FLEET_HELD, OBJECT_PATH, Relay, SuperLinkFlags
 
 SIZES = {"small object (300 B)": 300, "model (4.8 MB)": 4_800_000}
 
@@ -70,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     server = _ObjectServer(("127.0.0.1", 0), _ObjectHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    relay = FleetRelay(SuperLinkFlags.parse(["--insecure", "--superlink", f"127.0.0.1:{server.server_address[1]}"]))
+    flags = SuperLinkFlags.parse(["--insecure", "--superlink", f"127.0.0.1:{server.server_address[1]}"])
+    relay = Relay(flags, FLEET_HELD)
     relay.start()
     try:
         say(sys.stdout, f"{'request':<22} | straight ms | through the relay ms | ratio")

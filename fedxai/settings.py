@@ -26,6 +26,9 @@ TOKEN_FILE_VARIABLE = "FEDXAI_EXPLAINER_TOKEN_FILE"
 # node config names none (the clients of Flower's simulation engine have no node config
 # of their own); without it, ``~/.cache/fedxai/<client-id>``.
 TRAINER_STATE_DIR_VARIABLE = "FEDXAI_TRAINER_STATE_DIR"
+# Set to 1 by `fedxai superexec` for the ServerApps it launches, which reach the SuperLink
+# through its relay (services/relay.py): they may ask for replies more often.
+RUNTIME_RELAY_VARIABLE = "FEDXAI_RUNTIME_RELAY"
 
 
 class SettingsError(ValueError):

@@ -273,6 +273,12 @@ def test_trainer_refuses_runtime_flags_it_cannot_follow(flags, message):
     assert result.stderr.startswith("fedxai: error: ") and message in result.stderr
 
 
+def test_superexec_needs_the_superlinks_runtime_api_address():
+    result = run_fedxai("superexec", "--", "--insecure", env=clean_env())
+    assert result.returncode == 2
+    assert result.stderr == "fedxai: error: --runtime-api-address HOST:PORT, the SuperLink's Runtime API, is required\n"
+
+
 def waiting_trainer(port: int) -> tuple[subprocess.Popen, set[int]]:
     """A trainer whose SuperNode waits for a SuperLink that is not there; and the SuperNode,
     once its Runtime API listens on ``port``."""

@@ -143,7 +143,9 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
     assert f"FedXAI: task xaitest, run {out.name}, 2 clients" in result.stdout
     # Every process's log is kept with the run's results.
     logs = sorted(path.name for path in (out / "logs").iterdir())
-    assert logs == ["explainer.log", "flwr-run.log", "superlink.log", "supernode-0.log", "supernode-1.log"]
+    assert logs == [
+        "explainer.log", "flwr-run.log", "superexec.log", "superlink.log", "supernode-0.log", "supernode-1.log"
+    ]  # fmt: skip
     assert "explainer serving on" in (out / "logs" / "explainer.log").read_text()
     for node in ("supernode-0", "supernode-1"):
         # Each message's ClientApp was forked warm by `fedxai trainer`, and never by Flower's
@@ -505,11 +507,18 @@ def test_dry_run_shows_every_process_and_starts_none(tmp_path):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     processes = re.findall(r"^([a-z0-9-]+):$", out, re.M)
-    assert processes == ["explainer", "superlink", "supernode-0", "supernode-1", "flwr-run"]
+    assert processes == ["explainer", "superlink", "superexec", "supernode-0", "supernode-1", "flwr-run"]
     assert re.search(r"^  command: \S+ -m services.cli explainer --address 127.0.0.1:50999$", out, re.M)
-    assert re.search(
-        r"^  command: flower-superlink --insecure .* --disable-runtime-dependency-installation$", out, re.M
+    # The SuperLink leaves its ServerApps to `fedxai superexec`, which reaches its Runtime API.
+    link = re.search(
+        r"^  command: flower-superlink --insecure .* --port (\d+) --disable-runtime-dependency-installation "
+        r"--isolation process$",
+        out,
+        re.M,
     )
+    assert link, out
+    superexec = rf"^  command: \S+ -m services.cli superexec -- --insecure --runtime-api-address 127.0.0.1:{link[1]}$"
+    assert re.search(superexec, out, re.M)
     assert "partition-id=1 num-partitions=2" in out and "flwr run " in out
     assert "env FEDXAI_S3_SECRET_KEY=****" in out and "s3cr3t-value" not in out
     assert "env FEDXAI_S3_ENDPOINT=127.0.0.1:9" in out

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from flwr.serverapp import Grid
 
-from services.aggregator.prompt_grid import FIRST_PAUSE, LONGEST_PAUSE, PromptGrid
+from fedxai.settings import RUNTIME_RELAY_VARIABLE
+from services.aggregator.prompt_grid import FIRST_PAUSE, LONGEST_PAUSE, RELAYED_LONGEST_PAUSE, PromptGrid, longest_pause
 
 
 class ScheduledGrid(Grid):
@@ -65,6 +66,16 @@ def test_waits_for_every_reply_with_pauses_that_grow_to_a_bound():
     assert pauses[0] == FIRST_PAUSE and max(pauses) == LONGEST_PAUSE
     assert pauses[2] == FIRST_PAUSE, "a reply (at the third pull) brings the next poll close again"
     assert all(b >= a for a, b in pairwise(pauses[2:])), pauses
+
+
+def test_behind_the_relay_the_pauses_grow_to_a_shorter_bound():
+    # `fedxai superexec` marks its ServerApps: its relay holds a pull of a reply still uploading.
+    assert longest_pause({RUNTIME_RELAY_VARIABLE: "1"}) == RELAYED_LONGEST_PAUSE < LONGEST_PAUSE
+    assert longest_pause({}) == longest_pause({RUNTIME_RELAY_VARIABLE: "0"}) == LONGEST_PAUSE
+    pauses: list[float] = []
+    grid = PromptGrid(ScheduledGrid([12]), sleep=pauses.append, longest_pause=RELAYED_LONGEST_PAUSE)
+    list(grid.send_and_receive(outgoing(1)))
+    assert pauses[0] == FIRST_PAUSE and max(pauses) == pauses[-1] == RELAYED_LONGEST_PAUSE
 
 
 def test_returns_what_came_when_the_timeout_passes():

@@ -128,7 +128,7 @@ def test_aggregator_runs_a_federation_through_a_tls_superlink(certs, tmp_path):
     document = json.loads(metrics.read_text())
     assert document["status"] == "finished" and f"done: run {document['run_id']}, 2 rounds," in output
     logs = sorted(path.name for path in (metrics.parent / "logs").iterdir())
-    assert logs == ["flwr-run.log", "superlink.log"], "the aggregator keeps its processes' logs with the run"
+    assert logs == ["flwr-run.log", "superexec.log", "superlink.log"], "the aggregator keeps its processes' logs"
     # Not every node evaluates every round (fraction-evaluate): each round has its own evaluation message.
     for entry in document["rounds"][1:]:
         assert entry["evaluated_in_round"] == entry["round"]

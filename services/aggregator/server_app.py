@@ -25,7 +25,7 @@ from fedxai.storage.layout import metrics_key, new_run_id
 from fedxai.task import TaskConfig
 from fedxai.tensors import decode_state_dict, sha256_hex
 from services.aggregator.probe import ProbeExplainer, RoundMaps
-from services.aggregator.prompt_grid import PromptGrid
+from services.aggregator.prompt_grid import PromptGrid, longest_pause
 from services.aggregator.recorder import RecordingFedAvg, RunRecorder
 
 app = ServerApp()
@@ -101,7 +101,7 @@ def main(grid: Grid, context: Context) -> None:
     )
     try:
         strategy.start(
-            grid=PromptGrid(grid),
+            grid=PromptGrid(grid, longest_pause=longest_pause(os.environ)),
             initial_arrays=initial,
             num_rounds=task.num_server_rounds - task.resume_after_round,
             evaluate_fn=strategy.evaluate_fn,

@@ -1,9 +1,10 @@
 """``fedxai run`` and ``fedxai aggregator``: the federation's processes, described,
 started, followed to the end of the run and stopped.
 
-``fedxai run`` starts the Explainer, a Flower SuperLink and one SuperNode per
-trainer on this machine and submits the run with ``flwr run``; ``fedxai
-aggregator`` starts only the SuperLink, for trainers on other hosts. Both name
+``fedxai run`` starts the Explainer, a Flower SuperLink (with ``fedxai superexec``,
+which launches its ServerApps) and one SuperNode per trainer on this machine and
+submits the run with ``flwr run``; ``fedxai aggregator`` starts only the SuperLink
+(with its ``fedxai superexec``), for trainers on other hosts. Both name
 the run (``run-id``), keep every process's log in the store next to the run's
 results, and stop every process they started when the run ends, fails or is
 interrupted.
@@ -190,6 +191,8 @@ class SuperLink:
     port: int
     # The `flwr` connection to it, written to $FLWR_HOME/config.toml.
     connection: dict[str, Any]
+    # `fedxai superexec`, which launches its ServerApps; None where the SuperLink launches them itself.
+    superexec: Process | None = None
 
 
 def superlink(
@@ -199,10 +202,12 @@ def superlink(
     port: int = 0,
     tls: tuple[str, str, str] | None = None,
     simulation: bool = False,
+    flower_defaults: bool = False,
 ) -> SuperLink:
-    """A SuperLink (Fleet, Control and Runtime APIs on one port). ``tls``:
-    certificate, key and CA files; ``simulation``: it runs the clients itself, on
-    Flower's simulation engine."""
+    """A SuperLink (Fleet, Control and Runtime APIs on one port), with ``fedxai superexec``
+    launching its ServerApps. ``tls``: certificate, key and CA files; ``simulation``: it runs
+    the clients itself, on Flower's simulation engine, and its ServerApps too;
+    ``flower_defaults``: it launches its ServerApps itself, as Flower does."""
     port = port or _free_port()
     # `flwr run` reaches the SuperLink where it listens; a wildcard means loopback will do.
     reach = "127.0.0.1" if host in ("0.0.0.0", "::", "[::]") else host
@@ -210,9 +215,11 @@ def superlink(
         cert, key, ca = tls
         security = ["--ssl-certfile", cert, "--ssl-keyfile", key, "--ssl-ca-certfile", ca]
         connection: dict[str, Any] = {"address": f"{reach}:{port}", "root-certificates": ca}
+        client_security = ["--root-certificates", ca]
     else:
         security = ["--insecure"]
         connection = {"address": f"{reach}:{port}", "insecure": True}
+        client_security = ["--insecure"]
     # No --database: Flower keeps its state and the messages' objects in memory. With a
     # file, every object of every message goes through SQLite on disk: it took a 4.8 MB
     # model 0.9 s to reach the SuperLink, and a reply 2.3 s, where it now takes 0.3 s.
@@ -220,9 +227,15 @@ def superlink(
         "flower-superlink", *security, "--host", host, "--port", str(port),
         "--disable-runtime-dependency-installation",
     ]  # fmt: skip
+    superexec = None
     if simulation:
         argv.append("--simulation")
-    return SuperLink(Process("superlink", argv, env, cwd=work), port, connection)
+    elif not flower_defaults:
+        argv += ["--isolation", "process"]
+        launcher = [sys.executable, "-m", "services.cli", "superexec", "--"]
+        superexec_argv = [*launcher, *client_security, "--runtime-api-address", f"{reach}:{port}"]
+        superexec = Process("superexec", superexec_argv, env, cwd=work)
+    return SuperLink(Process("superlink", argv, env, cwd=work), port, connection, superexec)
 
 
 def supernodes(
@@ -231,10 +244,10 @@ def supernodes(
     superlink_port: int,
     env: dict[str, str],
     base_env: Mapping[str, str],
-    warm_clientapps: bool = True,
+    flower_defaults: bool = False,
 ) -> list[Process]:
     """One SuperNode per client, on loopback, each with its own state folder; under
-    `fedxai trainer`, or launching its ClientApps as Flower does (``warm_clientapps=False``)."""
+    `fedxai trainer`, or launching its ClientApps as Flower does (``flower_defaults``)."""
     # The trainers share this machine's cores: more torch threads than cores
     # make every one of them wait on the others. A value the user set wins.
     threads = base_env.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // clients))
@@ -244,7 +257,7 @@ def supernodes(
         node_dir = nodes_dir(work) / f"client-{partition_id}"
         node_config = f"partition-id={partition_id} num-partitions={clients} state-dir={json.dumps(str(node_dir))}"
         # `fedxai trainer`: a SuperNode whose ClientApps start with torch imported.
-        launcher = [sys.executable, "-m", "services.cli", "trainer", "--"] if warm_clientapps else ["flower-supernode"]
+        launcher = ["flower-supernode"] if flower_defaults else [sys.executable, "-m", "services.cli", "trainer", "--"]
         argv = [
             *launcher, "--insecure", "--superlink", f"127.0.0.1:{superlink_port}",
             "--host", "127.0.0.1", "--port", str(_free_port()), "--node-config", node_config,
@@ -275,7 +288,9 @@ def plan(options: RunOptions, base_env: Mapping[str, str]) -> list[Process]:
     link = superlink(work, env, simulation=simulation is not None)
     nodes = [] if simulation else supernodes(work, options.clients, link.port, env, base_env)
     federation_config = simulation.federation_config(options.clients) if simulation else ""
-    processes = [link.process, *nodes, submission("flwr-run", work, options.app_dir, env, federation_config)]
+    launchers = [link.superexec] if link.superexec else []
+    submitted = submission("flwr-run", work, options.app_dir, env, federation_config)
+    processes = [link.process, *launchers, *nodes, submitted]
     if options.start_explainer:
         processes.insert(0, explainer_process(options.task.explainer_address, storage_env))
     return processes
@@ -339,9 +354,12 @@ def start_explainer(children: Children, address: str, env: dict[str, str]) -> No
 
 
 def start_superlink(children: Children, link: SuperLink) -> None:
-    """Starts the SuperLink, waits for it, and writes the ``flwr`` connection to it."""
+    """Starts the SuperLink (and its ``fedxai superexec``), waits for it, and writes the
+    ``flwr`` connection to it."""
     children.start(link.process)
     _wait_for_port(link.connection["address"].rsplit(":", 1)[0], link.port, children, "superlink")
+    if link.superexec is not None:
+        children.start(link.superexec)
     flwr_home = Path(link.process.env["FLWR_HOME"])
     flwr_home.mkdir(parents=True, exist_ok=True)
     flower_config = {"superlink": {"default": CONNECTION, CONNECTION: link.connection}}
@@ -370,16 +388,17 @@ def start_federation(
     clients: int,
     env: dict[str, str],
     simulation: Simulation | None = None,
-    warm_clientapps: bool = True,
+    flower_defaults: bool = False,
 ) -> Federation:
     """A SuperLink and one SuperNode per client, all on loopback; or, with
-    ``simulation``, a SuperLink that simulates the clients."""
-    link = superlink(work, env, simulation=simulation is not None)
+    ``simulation``, a SuperLink that simulates the clients. ``flower_defaults``: the
+    processes launch their apps as Flower does, with no relays (the benchmark's bare app)."""
+    link = superlink(work, env, simulation=simulation is not None, flower_defaults=flower_defaults)
     start_superlink(children, link)
     if simulation is not None:
         node_dirs = [nodes_dir(work) / f"client-{partition_id}" for partition_id in range(clients)]
         return Federation(work, env, node_dirs, simulation.federation_config(clients))
-    nodes = supernodes(work, clients, link.port, env, children.base_env, warm_clientapps)
+    nodes = supernodes(work, clients, link.port, env, children.base_env, flower_defaults)
     for node in nodes:
         assert node.cwd is not None
         node.cwd.mkdir(parents=True, exist_ok=True)

@@ -173,6 +173,13 @@ def _trainer(args: argparse.Namespace) -> int:
     return WarmNode(list(args.supernode_args)).serve()
 
 
+def _superexec(args: argparse.Namespace) -> int:
+    from services.cli.superexec import serve
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request the relay passes on otherwise
+    return serve(list(args.superexec_args))
+
+
 def _health(args: argparse.Namespace) -> int:
     """Exit status 0 when the service at --address reports SERVING (for container health checks)."""
     from services.cli.status import explainer_health
@@ -375,6 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
         "supernode_args", nargs="*", metavar="SUPERNODE_ARGS", help="flower-supernode's flags, after --"
     )
     trainer.set_defaults(handler=_trainer)
+
+    superexec = command(
+        "superexec",
+        "run Flower's SuperExec for a SuperLink's ServerApps, through a relay that spares them Flower's 1 s waits",
+        "Start `flower-superexec SUPEREXEC_ARGS` for a SuperLink started with `--isolation process`, its Runtime "
+        "API (--runtime-api-address, with --insecure or --root-certificates) reached through a relay on loopback. "
+        "A ServerApp that pulls a trainer's reply before the reply is uploaded in full is answered once it is, "
+        "rather than after Flower's 1 s wait. `fedxai run` and `fedxai aggregator` start one beside their SuperLink.",
+    )
+    superexec.add_argument(
+        "superexec_args", nargs="*", metavar="SUPEREXEC_ARGS", help="flower-superexec's flags, after --"
+    )
+    superexec.set_defaults(handler=_superexec)
 
     health = command(
         "health",

@@ -13,7 +13,7 @@ child first forgets this project's own modules (this command imported some), so 
 code that runs is the FAB's, as with Flower's launcher. It launches a task only once the
 SuperNode holds the task's message in full (see ``MESSAGE_IN``).
 
-The SuperNode reaches the SuperLink through a relay on loopback (``fleet_relay``), which
+The SuperNode reaches the SuperLink through a relay on loopback (``services.relay``), which
 spares it Flower's 3 s pause after a pull that found no message.
 """
 
@@ -44,7 +44,7 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import run_clientapp
 
 from fedxai.settings import SettingsError, is_loopback
-from services.trainer.fleet_relay import FleetRelay, SuperLinkFlags
+from services.relay import FLEET_HELD, Relay, SuperLinkFlags
 
 log = logging.getLogger("fedxai.trainer")
 
@@ -164,7 +164,7 @@ class WarmNode:
     supernode_args: list[str]
     address: str = field(init=False)  # the SuperNode's Runtime API, from its flags
     supernode: subprocess.Popen | None = field(default=None, init=False)
-    relay: FleetRelay | None = field(default=None, init=False)  # between the SuperNode and the SuperLink
+    relay: Relay | None = field(default=None, init=False)  # between the SuperNode and the SuperLink
     tasks: set[int] = field(default_factory=set, init=False)  # running ClientApps' pids
     # Messages the SuperNode holds in full, and tasks launched: one message each.
     messages_in: int = field(default=0, init=False)
@@ -185,7 +185,7 @@ class WarmNode:
         beside = Path(sys.executable).with_name("flower-supernode")
         program = str(beside) if beside.is_file() else "flower-supernode"
         flags = SuperLinkFlags.parse(self.supernode_args)
-        self.relay = FleetRelay(flags)
+        self.relay = Relay(flags, FLEET_HELD)
         self.relay.start()
         reach_relay = ["--insecure", "--superlink", f"127.0.0.1:{self.relay.port}"]
         self.supernode = subprocess.Popen(

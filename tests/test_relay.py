@@ -1,6 +1,7 @@
-"""The relay between a trainer's SuperNode and the SuperLink (services/trainer/fleet_relay.py):
-it passes every Fleet API request on as it came, holds an empty pull until a message
-arrives, and a pull of an object until its upload is complete. Against Flower's own
+"""The relays between Flower's processes and the SuperLink (services/relay.py): a
+trainer's passes every Fleet API request on as it came, holds an empty pull until a message
+arrives, and a pull of an object until its upload is complete; the ServerApps' does the
+same for a pull of an object through the Runtime API. Against Flower's own
 SuperLink for the protocol, and against a Fleet API on loopback that queues a message when
 the test says, for what the relay does in between."""
 
@@ -25,16 +26,27 @@ from flwr.supernode.fleet_http_connection import http_request_response
 from services.cli import federation
 from services.cli.federation import flower_env, start_superlink
 from services.cli.processes import Children
-from services.trainer.fleet_relay import LONGEST_PAUSE, OBJECT_PATH, PULL_PATH, FleetRelay, SuperLinkFlags
+from services.relay import (
+    EAGER,
+    FIRST_PAUSE,
+    FLEET_HELD,
+    LONGEST_PAUSE,
+    OBJECT_PATH,
+    PULL_PATH,
+    RUNTIME_HELD,
+    RUNTIME_OBJECT_PATH,
+    Relay,
+    SuperLinkFlags,
+)
 from tests.conftest import free_port
 
 PROTOBUF = {"content-type": "application/protobuf", "flwr-timestamp": "2026-12-03T10:00:00", "x-signature": "c2ln"}
 
 
 class FleetAPI(ThreadingHTTPServer):
-    """Answers pulls with nothing until ``queue`` is called, an object's pull with "not
-    available yet" until ``upload`` is called, other paths with ``answers``; keeps every
-    request it got."""
+    """Answers pulls with nothing until ``queue`` is called, an object's pull (through the
+    Fleet or the Runtime API) with "not available yet" until ``upload`` is called, other
+    paths with ``answers``; keeps every request it got."""
 
     daemon_threads = True
 
@@ -72,7 +84,7 @@ class _FleetAPIHandler(BaseHTTPRequestHandler):
             status, answer = self.server.answers[self.path]
         elif self.path == PULL_PATH:
             status, answer = 200, self.server.queued or PullMessagesResponse().SerializeToString()
-        elif self.path == OBJECT_PATH:
+        elif self.path in (OBJECT_PATH, RUNTIME_OBJECT_PATH):
             content = self.server.uploaded
             pulled = PullObjectResponse(object_found=True, object_available=content is not None, object_content=content)
             status, answer = 200, pulled.SerializeToString()
@@ -96,20 +108,20 @@ def fleet_api() -> Iterator[FleetAPI]:
     api.stop()
 
 
-def start_relay(port: int, hold: float) -> FleetRelay:
-    relay = FleetRelay(SuperLinkFlags.parse(["--insecure", "--superlink", f"127.0.0.1:{port}"]), hold=hold)
+def start_relay(port: int, hold: float) -> Relay:
+    relay = Relay(SuperLinkFlags.parse(["--insecure", "--superlink", f"127.0.0.1:{port}"]), FLEET_HELD, hold=hold)
     relay.start()
     return relay
 
 
 @pytest.fixture
-def relay(fleet_api: FleetAPI) -> Iterator[FleetRelay]:
+def relay(fleet_api: FleetAPI) -> Iterator[Relay]:
     relay = start_relay(fleet_api.server_address[1], hold=10.0)
     yield relay
     relay.close()
 
 
-def pull(relay: FleetRelay) -> httpx.Response:
+def pull(relay: Relay) -> httpx.Response:
     body = PullMessagesRequest(node=Node(node_id=7)).SerializeToString()
     return httpx.post(f"http://127.0.0.1:{relay.port}{PULL_PATH}", content=body, headers=PROTOBUF, timeout=30)
 
@@ -139,10 +151,12 @@ def test_a_pull_that_finds_nothing_for_the_whole_hold_is_answered_empty(fleet_ap
         relay.close()
     assert answer.status_code == 200
     assert not PullMessagesResponse.FromString(answer.content).messages_list
-    assert held >= 1.0 - LONGEST_PAUSE and fleet_api.pulls() > 2
+    assert held >= 1.0 - LONGEST_PAUSE
+    # Within its first EAGER seconds, a hold asks every FIRST_PAUSE (the asks take time too).
+    assert EAGER > 1.0 and fleet_api.pulls() >= 0.5 * 1.0 / FIRST_PAUSE
 
 
-def pull_object(relay: FleetRelay) -> httpx.Response:
+def pull_object(relay: Relay) -> httpx.Response:
     body = PullObjectRequest(node=Node(node_id=7), run_id=1, object_id="model").SerializeToString()
     return httpx.post(f"http://127.0.0.1:{relay.port}{OBJECT_PATH}", content=body, headers=PROTOBUF, timeout=30)
 
@@ -166,6 +180,37 @@ def test_an_object_the_superlink_does_not_know_is_passed_on_at_once(fleet_api, r
     answer = pull_object(relay)
     assert not PullObjectResponse.FromString(answer.content).object_found
     assert fleet_api.pulls(OBJECT_PATH) == 1
+
+
+def test_the_serverapps_relay_holds_a_reply_part_still_uploading_and_no_other_answer(fleet_api):
+    # `fedxai superexec`'s relay: a ServerApp that pulls a reply the SuperNode has registered
+    # but not uploaded in full gets the part once it is in, not after Flower's 1 s wait.
+    flags = SuperLinkFlags.parse(
+        ["--insecure", "--runtime-api-address", f"127.0.0.1:{fleet_api.server_address[1]}"], "--runtime-api-address"
+    )
+    relay = Relay(flags, RUNTIME_HELD, hold=10.0)
+    relay.start()
+    part = os.urandom(300)
+    threading.Timer(0.3, fleet_api.upload, [part]).start()
+    request = PullObjectRequest(node=Node(node_id=0), run_id=1, object_id="reply").SerializeToString()
+    try:
+        started = time.monotonic()
+        answer = httpx.post(
+            f"http://127.0.0.1:{relay.port}{RUNTIME_OBJECT_PATH}", content=request, headers=PROTOBUF, timeout=30
+        )
+        held = time.monotonic() - started
+        # The ServerApp asks for replies again itself: an empty pull of messages passes on at once,
+        # as does a Fleet API pull, which is not this relay's to hold.
+        fleet_api.answers["/v1/runtime/pull-messages"] = (200, b"")
+        empty = httpx.post(f"http://127.0.0.1:{relay.port}/v1/runtime/pull-messages", content=b"", timeout=30)
+        fleet = pull(relay)
+    finally:
+        relay.close()
+    pulled = PullObjectResponse.FromString(answer.content)
+    assert (answer.status_code, pulled.object_available, pulled.object_content) == (200, True, part)
+    assert held >= 0.3 and fleet_api.pulls(RUNTIME_OBJECT_PATH) > 2
+    assert (empty.status_code, empty.content) == (200, b"") and fleet_api.pulls("/v1/runtime/pull-messages") == 1
+    assert fleet.status_code == 200 and fleet_api.pulls() == 1
 
 
 @pytest.mark.parametrize(
@@ -250,6 +295,13 @@ def test_a_request_without_a_length_is_refused_and_the_relay_keeps_serving(fleet
 )
 def test_the_superlink_flags_are_taken_from_the_supernodes_and_the_rest_passed_on(args, expected):
     assert SuperLinkFlags.parse(args) == expected
+
+
+def test_the_runtime_api_flags_are_taken_from_the_superexecs():
+    args = ["--root-certificates", "/certs/ca.crt", "--runtime-api-address=aggregator:9092", "--executor", "subprocess"]
+    parsed = SuperLinkFlags.parse(args, "--runtime-api-address", default="")
+    assert parsed == SuperLinkFlags("aggregator:9092", False, "/certs/ca.crt", ["--executor", "subprocess"])
+    assert SuperLinkFlags.parse(["--insecure"], "--runtime-api-address", default="").address == ""
 
 
 @pytest.fixture
