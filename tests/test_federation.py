@@ -147,6 +147,8 @@ def test_two_rounds_two_clients_with_explanations_every_round(tmp_path):
         "explainer.log", "flwr-run.log", "superexec.log", "superlink.log", "supernode-0.log", "supernode-1.log"
     ]  # fmt: skip
     assert "explainer serving on" in (out / "logs" / "explainer.log").read_text()
+    # The SuperLink left its ServerApp to `fedxai superexec` (Flower's SuperExec, through the relay).
+    assert "Starting Flower SuperExec" in (out / "logs" / "superexec.log").read_text()
     for node in ("supernode-0", "supernode-1"):
         # Each message's ClientApp was forked warm by `fedxai trainer`, and never by Flower's
         # own `flwr-clientapp` launcher: a message a round (round 2's evaluates round 1's

@@ -83,7 +83,7 @@ def main() -> None:
     metrics = json.loads(read(client, bucket, f"{base}/metrics.json"))
     assert (metrics["status"], metrics["run_id"]) == ("finished", run), metrics["status"]
     logs = {key.rsplit("/", 1)[1] for key in listed if key.startswith(f"{base}/logs/")}
-    assert logs == {"flwr-run.log", "superlink.log"}, logs
+    assert logs == {"flwr-run.log", "superexec.log", "superlink.log"}, logs
     accuracy = [entry["global"]["accuracy"] for entry in metrics["rounds"]]
     assert len(accuracy) == args.rounds + 1 and accuracy[-1] > accuracy[0], accuracy
     # Nothing waits in an outbox: every request reached a replica, the killed one's included.
@@ -154,7 +154,7 @@ def main() -> None:
     api = f"http://{args.monitor}/api/tasks/xaitest/runs/{run}"
     task = json.loads(monitor_get(api, password))
     assert task["metrics"]["status"] == "finished" and task["summary"]["state"] == "finished"
-    assert sorted(task["logs"]) == ["flwr-run", "superlink"], task["logs"]
+    assert sorted(task["logs"]) == ["flwr-run", "superexec", "superlink"], task["logs"]
     rounds = [json.loads(monitor_get(f"{api}/rounds/{number}", password)) for number in task["explained"]]
     shown = sum(len(images) for pictures in rounds for images in pictures["gallery"].values())
     assert shown == images, (shown, images)
