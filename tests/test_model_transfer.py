@@ -70,17 +70,22 @@ def reply(client_id: str, node: int, content: dict[str, Any]) -> SimpleNamespace
     return SimpleNamespace(content=records, metadata=SimpleNamespace(src_node_id=node), has_error=lambda: False)
 
 
+def trainer_store(env: dict[str, str]) -> ObjectStore:
+    """The store a trainer with environment ``env`` opens."""
+    return open_store(StorageSettings.from_env(env))
+
+
 def test_the_trainer_reads_the_global_model_the_aggregator_names(shared, mnist):
     store, env = shared
     sent = a_model(1)
-    assert same(global_model(named_global_model(store, mnist, sent), env), sent)
+    assert same(global_model(named_global_model(store, mnist, sent)["config"], trainer_store(env)), sent)
 
 
 def test_a_trainer_on_another_store_is_told_what_to_set(shared, mnist, tmp_path):
     store, _ = shared
     content = named_global_model(store, mnist, a_model(1))
     with pytest.raises(SettingsError) as raised:
-        global_model(content, {"FEDXAI_OUTPUT_DIR": str(tmp_path / "elsewhere")})
+        global_model(content["config"], trainer_store({"FEDXAI_OUTPUT_DIR": str(tmp_path / "elsewhere")}))
     message = str(raised.value)
     assert message.startswith(f"model-transfer=store: {content['config']['model-key']} is not in the folder ")
     assert "A trainer must use the aggregator's store (FEDXAI_OUTPUT_DIR or FEDXAI_S3_*)" in message
@@ -92,14 +97,14 @@ def test_a_global_model_replaced_in_the_store_is_not_trained_on(shared, mnist):
     content = named_global_model(store, mnist, a_model(1))
     store.put(str(content["config"]["model-key"]), encode_state_dict(a_model(2), {}), "application/octet-stream")
     with pytest.raises(SettingsError, match=r"is not the model the message names \(SHA-256 differs\)"):
-        global_model(content, env)
+        global_model(content["config"], trainer_store(env))
 
 
 def test_the_trained_model_goes_back_through_the_store_once(shared, mnist):
     store, env = shared
     config = named_global_model(store, mnist, a_model(1))["config"]
     trained = a_model(3)
-    update = put_update(config, TASK.task_name, "client-0", trained, env)
+    update = put_update(config, TASK.task_name, "client-0", trained, trainer_store(env))
     key = update_model_key(TASK.task_name, RUN, ROUND, "client-0")
     assert update["key"] == key and store.exists(key)
 
@@ -127,9 +132,9 @@ def test_replies_that_carry_their_model_are_kept_as_they_are(shared):
 def test_a_model_that_cannot_be_read_leaves_its_client_out_with_the_reason(shared, mnist, client_id, spoil, reason):
     store, env = shared
     config = named_global_model(store, mnist, a_model(1))["config"]
-    honest = put_update(config, TASK.task_name, "client-0", a_model(3), env)
+    honest = put_update(config, TASK.task_name, "client-0", a_model(3), trainer_store(env))
     own = update_model_key(TASK.task_name, RUN, ROUND, "client-1")
-    update = put_update(config, TASK.task_name, "client-1", a_model(4), env)
+    update = put_update(config, TASK.task_name, "client-1", a_model(4), trainer_store(env))
     if spoil == "replace":
         store.put(own, encode_state_dict(a_model(5), {}), "application/octet-stream")
     elif spoil == "delete":

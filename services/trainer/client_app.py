@@ -79,6 +79,9 @@ class Local:
     train_data: Dataset
     validation: Dataset
     class_names: tuple[str, ...]
+    # With model-transfer=store, the run's store (opened once for the message), which the
+    # models come and go through; None when they travel in the messages.
+    store: ObjectStore | None
 
 
 def _setup(msg: Message, context: Context) -> Local:
@@ -105,20 +108,21 @@ def _setup(msg: Message, context: Context) -> Local:
     train_data, validation = train_validation_split(
         fit_to(share, arch.input_shape), task.validation_fraction, task.seed + node.partition_id
     )
+    config = msg.content.config_records["config"]
+    store = open_store(StorageSettings.from_env(os.environ)) if "model-key" in config else None
     model = arch.factory()
-    model.load_state_dict(global_model(msg.content, os.environ))
-    return Local(task, node, arch, model, train_data, validation, pool.class_names)
+    if store is None:
+        model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    else:
+        model.load_state_dict(global_model(config, store))
+    return Local(task, node, arch, model, train_data, validation, pool.class_names, store)
 
 
-def global_model(content: RecordDict, env: Mapping[str, str]) -> dict[str, torch.Tensor]:
-    """The global model a message's ``content`` brings: its arrays, or, with
-    model-transfer=store, the checkpoint its config names, read from the store ``env``
-    configures."""
-    config = content.config_records["config"]
-    if "model-key" not in config:
-        return content.array_records["arrays"].to_torch_state_dict()
+def global_model(config: ConfigRecord, store: ObjectStore) -> dict[str, torch.Tensor]:
+    """With model-transfer=store: the checkpoint a message's ``config`` names, read from
+    ``store``, which must be the aggregator's."""
     try:
-        return read_model(_store(env), str(config["model-key"]), str(config["model-sha256"]))
+        return read_model(store, str(config["model-key"]), str(config["model-sha256"]))
     except TransferError as error:
         raise SettingsError(
             f"model-transfer=store: {error}. A trainer must use the aggregator's store "
@@ -127,17 +131,12 @@ def global_model(content: RecordDict, env: Mapping[str, str]) -> dict[str, torch
 
 
 def put_update(
-    config: ConfigRecord, task_name: str, client_id: str, state_dict: Mapping[str, torch.Tensor], env: Mapping[str, str]
+    config: ConfigRecord, task_name: str, client_id: str, state_dict: Mapping[str, torch.Tensor], store: ObjectStore
 ) -> ConfigRecord:
-    """With model-transfer=store: stores the model trained in the round ``config`` names
-    where the aggregator reads it; the record that names it in the reply."""
+    """With model-transfer=store: puts the model trained in the round ``config`` names in
+    ``store``, where the aggregator reads it; the record that names it in the reply."""
     key = update_model_key(task_name, str(config["run-id"]), int(config["server-round"]), client_id)  # type: ignore[arg-type]
-    return ConfigRecord({"key": key, "sha256": put_model(_store(env), key, state_dict)})
-
-
-def _store(env: Mapping[str, str]) -> ObjectStore:
-    """The store of ``env``: with model-transfer=store, it must be the aggregator's."""
-    return open_store(StorageSettings.from_env(env))
+    return ConfigRecord({"key": key, "sha256": put_model(store, key, state_dict)})
 
 
 def _reply(msg: Message, node: Node, metrics: MetricRecord, arrays: ArrayRecord | None = None) -> Message:
@@ -180,9 +179,9 @@ def train(msg: Message, context: Context) -> Message:
             "train-seconds": time.perf_counter() - started,
         }
     )
-    if "model-key" in config:  # the global model came through the store: the trained one goes back so
+    if local.store is not None:  # the global model came through the store: the trained one goes back so
         reply = _reply(msg, node, metrics)
-        reply.content["update"] = put_update(config, task.task_name, node.client_id, model.state_dict(), os.environ)
+        reply.content["update"] = put_update(config, task.task_name, node.client_id, model.state_dict(), local.store)
     else:
         reply = _reply(msg, node, metrics, ArrayRecord(model.state_dict()))
     if evaluation is not None:
